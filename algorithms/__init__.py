@@ -1,0 +1,46 @@
+"""Loss-based sample reweighting for Composer: a pure tensor core and a thin Composer adapter.
+
+The core (:func:`compute_sample_weights`, :func:`per_sample_loss`, :func:`reweighted_loss`) takes
+tensors and returns tensors; :class:`LossReweighting` wires it into a Composer ``Trainer`` and
+:class:`ReweighCausalLM` is the causal-LM model whose loss exposes per-sample losses (fast path).
+
+Example:
+    >>> import torch
+    >>> from reweigh.algorithms import compute_sample_weights
+    >>> compute_sample_weights(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    tensor([0.2500, 0.2500, 0.2500, 0.2500])
+"""
+
+from reweigh.algorithms.causal_lm import PER_SAMPLE_LOSS_KEY, ReweighCausalLM, build_causal_lm
+from reweigh.algorithms.gather import GlobalBatch, gather_global_batch
+from reweigh.algorithms.loss_reweighting import LossReweighting, parse_warmup
+from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.strategies import available_strategies, get_strategy, register_strategy
+from reweigh.algorithms.weights import (
+    WeightStats,
+    compute_sample_weights,
+    normalize_losses,
+    token_normalize_weights,
+    weight_stats,
+)
+
+__all__ = [
+    'PER_SAMPLE_LOSS_KEY',
+    'GlobalBatch',
+    'LossReweighting',
+    'PerSampleLoss',
+    'ReweighCausalLM',
+    'WeightStats',
+    'available_strategies',
+    'build_causal_lm',
+    'compute_sample_weights',
+    'gather_global_batch',
+    'get_strategy',
+    'normalize_losses',
+    'parse_warmup',
+    'per_sample_loss',
+    'register_strategy',
+    'reweighted_loss',
+    'token_normalize_weights',
+    'weight_stats',
+]

@@ -1,0 +1,268 @@
+"""The Composer adapter: :class:`LossReweighting` replaces the training loss with its reweighted form."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+from composer.core import Algorithm, Event, State, Time, TimeUnit
+from composer.loggers import Logger
+from composer.utils import dist
+
+from reweigh.algorithms.causal_lm import PER_SAMPLE_LOSS_KEY
+from reweigh.algorithms.deferred_metrics import DeferredMetrics
+from reweigh.algorithms.gather import gather_global_batch
+from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.weights import (
+    WeightStats,
+    compute_sample_weights,
+    token_normalize_weights,
+    validate_weight_args,
+    weight_stats,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ['LossReweighting', 'parse_warmup']
+
+_WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
+_METRIC_PREFIX = 'loss_reweighting'
+
+
+def parse_warmup(warmup: str | int | Time) -> Time:
+    """Parse a warm-up length: a Composer time string (``'1000ba'``, ``'2M tok'`` is not allowed but
+    ``'2000000tok'`` is, ``'0.05dur'``, ``'100sp'``, ``'1ep'``), a :class:`~composer.core.Time`, or an
+    int number of batches.
+
+    Raises:
+        ValueError: If the value cannot be parsed, is negative, or uses an unsupported unit.
+
+    Example:
+        >>> from reweigh.algorithms import parse_warmup
+        >>> parse_warmup('1000ba')
+        Time(1000, TimeUnit.BATCH)
+    """
+    try:
+        if isinstance(warmup, Time):
+            t = warmup
+        elif isinstance(warmup, int) and not isinstance(warmup, bool):
+            t = Time(warmup, TimeUnit.BATCH)
+        elif isinstance(warmup, str):
+            t = Time.from_timestring(warmup.replace(' ', ''))
+        else:
+            raise TypeError(type(warmup).__name__)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f'warmup must be a Composer time string such as "1000ba", "0.05dur", "1000000tok", "100sp" or '
+            f'"1ep", or an int number of batches; got {warmup!r}.',
+        ) from e
+    if t.unit not in _WARMUP_UNITS:
+        raise ValueError(f'warmup unit {t.unit.value!r} is not supported; use one of ba, sp, tok, ep, dur.')
+    if t.value < 0:
+        raise ValueError(f'warmup must be >= 0, got {warmup!r}.')
+    return t
+
+
+class LossReweighting(Algorithm):
+    """Dynamic loss-based sample reweighting (Sow et al., ICLR 2025) as a Composer algorithm.
+
+    At ``Event.AFTER_LOSS`` the per-sample losses of the (micro)batch are gathered over all ranks,
+    turned into weights with :func:`~reweigh.algorithms.compute_sample_weights`, and ``state.loss``
+    is replaced with ``world_size * sum_i w_i l_i`` over this rank's samples, so that after DDP's
+    gradient averaging the update is ``sum_i w_i grad(l_i)`` over the global (micro)batch. The weights
+    are constants in the backward pass.
+
+    * Fast path: with :class:`~reweigh.algorithms.ReweighCausalLM` (or any model whose ``loss()``
+      stores a :class:`~reweigh.algorithms.PerSampleLoss` in ``outputs['per_sample_loss']``) the
+      per-sample losses come for free. Generic path: otherwise they are computed from
+      ``state.outputs`` logits and ``state.batch['labels']`` (one extra cross-entropy pass).
+    * Warm-up: before ``warmup`` has elapsed, and always for ``strategy='uniform'``, the model's own
+      loss is left untouched (so such runs equal plain training bit for bit); weights and metrics are
+      still computed and logged.
+    * Microbatching: weights are normalised per microbatch over all ranks; each microbatch's
+      reweighted loss is a weighted mean, which is what Composer's microbatch loss scaling expects.
+    * Non-finite losses get weight 0 and are counted; if every loss is non-finite the step's loss
+      stays non-finite.
+
+    Logged each batch (under ``loss_reweighting/``): ``r``, ``active`` (1 once reweighting is on),
+    ``weight_entropy``, ``ess`` (effective sample size ``1/sum w^2`` over the batch size),
+    ``weight_min``, ``weight_max`` and ``nonfinite_losses``, averaged (min/max/summed) over
+    microbatches. On CUDA they reach the logger one step late so the loop never waits for the device.
+
+    Args:
+        strategy (str): A registered strategy: ``'uniform'``, ``'linupper'`` (the paper's best),
+            ``'quadratic'``, ``'extremes'``, ``'upper'``, or one added with
+            :func:`~reweigh.algorithms.register_strategy`. Default: ``'linupper'``.
+        r (float): Softmax temperature, ``> 0``; large values tend to uniform. Default: ``1.0``.
+        delta (float): Half-width of the loss normalisation interval, ``> 0``. Default: ``1.0``.
+        warmup (str | int | Time): Uniform training before reweighting starts, as a Composer time
+            (``'1000ba'``, ``'0.05dur'``, ``'1000000tok'``) or an int number of batches.
+            Default: ``'1000ba'``.
+        r_schedule (Callable[[State], float], optional): Multiplier on ``r`` as a function of the
+            training state, e.g. any Composer scheduler such as
+            ``LinearScheduler(alpha_i=10.0, alpha_f=1.0, t_max='2000ba')`` to start soft and sharpen.
+            Default: ``None`` (constant ``r``).
+        token_normalize (bool): Fold token counts into the weights (``w_i n_i / sum w_j n_j``), so that
+            uniform weights give the token-mean loss. Default: ``False`` (sample-mean).
+
+    Raises:
+        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, or a bad ``warmup``.
+
+    Example:
+        >>> from reweigh.algorithms import LossReweighting
+        >>> algorithm = LossReweighting(strategy='linupper', r=1.0, warmup='100ba')
+        >>> # trainer = composer.Trainer(model=..., train_dataloader=..., algorithms=[algorithm])
+        >>> algorithm.current_r(None)
+        1.0
+    """
+
+    def __init__(
+        self,
+        strategy: str = 'linupper',
+        r: float = 1.0,
+        delta: float = 1.0,
+        warmup: str | int | Time = '1000ba',
+        r_schedule: Callable[[State], float] | None = None,
+        token_normalize: bool = False,
+    ) -> None:
+        validate_weight_args(strategy, r, delta)
+        if r_schedule is not None and not callable(r_schedule):
+            raise ValueError(f'r_schedule must be callable (e.g. a Composer scheduler), got {r_schedule!r}.')
+        self.strategy = strategy
+        self.r = float(r)
+        self.delta = float(delta)
+        self.warmup = parse_warmup(warmup)
+        self.r_schedule = r_schedule
+        self.token_normalize = bool(token_normalize)
+        self._metrics = DeferredMetrics()
+        self._batch_stats: list[WeightStats] = []
+        self._batch_r = self.r
+        self._batch_active = False
+        self._nonfinite_total = 0.0
+        self._warned_generic = False
+
+    def __repr__(self) -> str:
+        return (
+            f'{type(self).__name__}(strategy={self.strategy!r}, r={self.r}, delta={self.delta}, '
+            f'warmup={self.warmup!r}, r_schedule={self.r_schedule!r}, token_normalize={self.token_normalize})'
+        )
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.BATCH_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.AFTER_LOSS:
+            self._reweight(state)
+        elif event == Event.BATCH_START:
+            self._batch_stats = []
+        elif event == Event.BATCH_END:
+            self._log_batch(state, logger)
+        else:
+            self._metrics.flush(logger)
+
+    def in_warmup(self, state: State) -> bool:
+        """Whether ``state`` is still inside the uniform warm-up."""
+        if self.warmup.unit == TimeUnit.DURATION:
+            elapsed = state.get_elapsed_duration()
+            return elapsed is None or elapsed < self.warmup
+        return state.timestamp.get(self.warmup.unit) < self.warmup
+
+    def current_r(self, state: State | None) -> float:
+        """The temperature in use at ``state``: ``r`` times ``r_schedule(state)`` if one is set.
+
+        Raises:
+            ValueError: If the schedule yields a temperature that is not > 0.
+        """
+        if self.r_schedule is None or state is None:
+            return self.r
+        r = self.r * float(self.r_schedule(state))
+        if not r > 0:
+            raise ValueError(f'r_schedule gave r = {r} at {state.timestamp.batch}; r must stay > 0.')
+        return r
+
+    def _per_sample_loss(self, state: State) -> PerSampleLoss:
+        outputs = state.outputs
+        if isinstance(outputs, Mapping) and PER_SAMPLE_LOSS_KEY in outputs:
+            return outputs[PER_SAMPLE_LOSS_KEY]
+        if not self._warned_generic:
+            log.info(
+                'LossReweighting: the model does not expose per-sample losses; computing them from the '
+                'logits (one extra cross-entropy pass). Use ReweighCausalLM for the fast path.',
+            )
+            self._warned_generic = True
+        logits = outputs['logits'] if isinstance(outputs, Mapping) else outputs
+        batch = state.batch
+        if not isinstance(logits, torch.Tensor) or not isinstance(batch, Mapping) or 'labels' not in batch:
+            raise ValueError(
+                'LossReweighting needs per-sample losses: either outputs["per_sample_loss"] from the model, '
+                'or logits (outputs["logits"] or a tensor) together with batch["labels"].',
+            )
+        return per_sample_loss(logits, batch['labels'])
+
+    def _reweight(self, state: State) -> None:
+        if not isinstance(state.loss, torch.Tensor):
+            raise ValueError(
+                f'LossReweighting needs a model whose loss() returns a single tensor, got {type(state.loss).__name__}.',
+            )
+        per_sample = self._per_sample_loss(state)
+        warm = self.in_warmup(state)
+        r = self.current_r(state)
+        capacity = state.device_train_microbatch_size
+        capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
+        batch = gather_global_batch(per_sample.loss, per_sample.tokens, capacity)
+        weights = compute_sample_weights(batch.losses, 'uniform' if warm else self.strategy, r, self.delta)
+        if self.token_normalize:
+            weights = token_normalize_weights(weights, batch.tokens)
+        active = not warm and self.strategy != 'uniform'
+        if active:
+            state.loss = reweighted_loss(per_sample.loss, weights[batch.local], dist.get_world_size())
+        self._batch_stats.append(weight_stats(weights, batch.losses, batch.valid))
+        self._batch_r = r
+        self._batch_active = active
+
+    def _log_batch(self, state: State, logger: Logger) -> None:
+        if not self._batch_stats:
+            return
+        stats = WeightStats(*(torch.stack(field) for field in zip(*self._batch_stats)))
+        nonfinite = stats.nonfinite.sum()
+        self._nonfinite_total += nonfinite  # stays a tensor on the device until a checkpoint asks
+        tensors = {
+            f'{_METRIC_PREFIX}/weight_entropy': stats.entropy.mean(),
+            f'{_METRIC_PREFIX}/ess': stats.ess.mean(),
+            f'{_METRIC_PREFIX}/weight_min': stats.min.amin(),
+            f'{_METRIC_PREFIX}/weight_max': stats.max.amax(),
+            f'{_METRIC_PREFIX}/nonfinite_losses': nonfinite,
+        }
+        extra = {f'{_METRIC_PREFIX}/r': self._batch_r, f'{_METRIC_PREFIX}/active': float(self._batch_active)}
+        self._metrics.push(int(state.timestamp.batch.value) - 1, tensors, extra, logger)
+
+    @property
+    def nonfinite_total(self) -> int:
+        """Number of non-finite per-sample losses seen since the start of training (synchronises)."""
+        return int(self._nonfinite_total)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            'strategy': self.strategy,
+            'r': self.r,
+            'delta': self.delta,
+            'warmup': str(self.warmup),
+            'token_normalize': self.token_normalize,
+            'nonfinite_total': self.nonfinite_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        current = self.state_dict()
+        changed = {
+            k: (state[k], current[k]) for k in ('strategy', 'r', 'delta', 'warmup', 'token_normalize')
+            if k in state and state[k] != current[k]
+        }
+        if changed:
+            warnings.warn(
+                'LossReweighting settings differ from the checkpoint; continuing with the new ones: ' +
+                ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items()),
+            )
+        self._nonfinite_total = float(state.get('nonfinite_total', 0))

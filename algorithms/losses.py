@@ -1,0 +1,90 @@
+"""Per-sample causal-LM losses and the reweighted loss (method steps 1 and 6)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ['PerSampleLoss', 'per_sample_loss', 'reweighted_loss']
+
+
+class PerSampleLoss(NamedTuple):
+    """Per-sample mean token loss and the number of tokens it averages over."""
+    loss: torch.Tensor
+    """``(batch,)`` float32 mean next-token cross-entropy per sample; carries the autograd graph."""
+    tokens: torch.Tensor
+    """``(batch,)`` int64 count of non-ignored target tokens per sample."""
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> PerSampleLoss:
+    """Mean next-token cross-entropy of each sample, in one pass over the logits.
+
+    Labels follow the Hugging Face convention (``labels`` aligned with ``input_ids``; the model
+    predicts position ``t + 1`` from position ``t``). The labels are shifted, not the logits, so no
+    copy of the ``(batch, seq, vocab)`` logits is made; the last position predicts nothing. A sample
+    with no target tokens has loss 0 and token count 0.
+
+    Args:
+        logits (torch.Tensor): ``(batch, seq, vocab)`` logits.
+        labels (torch.Tensor): ``(batch, seq)`` integer labels; ``ignore_index`` marks positions
+            without a target.
+        ignore_index (int): Label value that contributes no loss. Default: ``-100``.
+
+    Returns:
+        PerSampleLoss: ``loss`` (float32, differentiable) and ``tokens`` (int64), each ``(batch,)``.
+
+    Raises:
+        ValueError: If the shapes do not match.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import per_sample_loss
+        >>> logits = torch.zeros(2, 4, 10)                 # uniform predictions over 10 tokens
+        >>> labels = torch.tensor([[1, 2, 3, 4], [1, 2, -100, -100]])
+        >>> out = per_sample_loss(logits, labels)
+        >>> [round(x, 4) for x in out.loss.tolist()], out.tokens.tolist()
+        ([2.3026, 2.3026], [3, 1])
+    """
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f'Expected logits (batch, seq, vocab) and labels (batch, seq), got {tuple(logits.shape)} '
+            f'and {tuple(labels.shape)}.',
+        )
+    targets = torch.full_like(labels, ignore_index)
+    targets[:, :-1] = labels[:, 1:]
+    token_loss = F.cross_entropy(
+        logits.flatten(0, 1),
+        targets.flatten(),
+        ignore_index=ignore_index,
+        reduction='none',
+    ).view_as(targets)
+    tokens = (targets != ignore_index).sum(dim=1)
+    loss = token_loss.float().sum(dim=1) / tokens.clamp(min=1)
+    return PerSampleLoss(loss, tokens)
+
+
+def reweighted_loss(losses: torch.Tensor, weights: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """The loss one rank backpropagates: ``world_size * sum_i w_i l_i`` over its own samples.
+
+    After data-parallel gradient averaging over ``world_size`` ranks this gives the update
+    ``sum_i w_i grad(l_i)`` over the global batch; with weights ``1/N`` it is the sample-mean loss.
+    Samples with weight 0 (non-finite losses) contribute neither value nor NaN gradients.
+
+    Args:
+        losses (torch.Tensor): ``(n,)`` per-sample losses of this rank, with autograd graph.
+        weights (torch.Tensor): ``(n,)`` this rank's slice of the global weights (no gradient).
+        world_size (int): Number of data-parallel ranks. Default: ``1``.
+
+    Returns:
+        torch.Tensor: 0-d loss in the dtype of ``losses``.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import reweighted_loss
+        >>> reweighted_loss(torch.tensor([1.0, float('nan')]), torch.tensor([1.0, 0.0]))
+        tensor(1.)
+    """
+    weights = weights.detach().to(losses.dtype)
+    return world_size * torch.where(weights > 0, weights * losses, 0.0).sum()

@@ -1,0 +1,193 @@
+"""Per-sample weights from per-sample losses (method steps 3-5), as pure tensor functions.
+
+Everything here is vectorised and free of host synchronisation, so it can run on every training
+step on any device: no ``.item()``, no data-dependent Python branches, no boolean indexing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from reweigh.algorithms.strategies import Strategy, available_strategies, get_strategy
+
+__all__ = [
+    'WeightStats',
+    'compute_sample_weights',
+    'normalize_losses',
+    'token_normalize_weights',
+    'validate_weight_args',
+    'weight_stats',
+]
+
+_MIN_SPREAD = 1e-6
+
+
+def validate_weight_args(strategy: str, r: float, delta: float) -> Strategy:
+    """Check the arguments of :func:`compute_sample_weights` and return the strategy function.
+
+    Raises:
+        ValueError: For an unknown strategy (listing the known ones), or an ``r`` or ``delta`` that is
+            not a finite number greater than 0.
+    """
+    fn = get_strategy(strategy)
+    for name, value in (('r', r), ('delta', delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f'{name} must be a finite number > 0, got {value!r}.')
+    return fn
+
+
+def normalize_losses(losses: torch.Tensor, delta: float = 1.0, finite: torch.Tensor | None = None) -> torch.Tensor:
+    """Map losses affinely onto ``[-delta, delta]`` (method step 3).
+
+    ``h_i = delta * (2 l_i - (l_max + l_min)) / max(l_max - l_min, 1e-6)``, with ``l_min`` and
+    ``l_max`` taken over the finite losses only. Non-finite entries get ``h = 0``; if no loss is
+    finite, every ``h`` is NaN. Equal losses give ``h = 0`` everywhere.
+
+    Args:
+        losses (torch.Tensor): 1-D float tensor of per-sample losses.
+        delta (float): Half-width of the target interval. Default: ``1.0``.
+        finite (torch.Tensor, optional): Precomputed ``torch.isfinite(losses)``.
+
+    Returns:
+        torch.Tensor: ``h``, same shape and dtype as ``losses``.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import normalize_losses
+        >>> normalize_losses(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([-1.,  0.,  1.])
+    """
+    if finite is None:
+        finite = torch.isfinite(losses)
+    l_min = torch.where(finite, losses, math.inf).amin()
+    l_max = torch.where(finite, losses, -math.inf).amax()
+    safe = torch.where(finite, losses, l_min)
+    spread = torch.clamp(l_max - l_min, min=_MIN_SPREAD)
+    return delta * (2 * safe - (l_max + l_min)) / spread
+
+
+def compute_sample_weights(
+    losses: torch.Tensor,
+    strategy: str = 'linupper',
+    r: float = 1.0,
+    delta: float = 1.0,
+) -> torch.Tensor:
+    """Turn per-sample losses into weights that sum to 1 (method steps 3-5).
+
+    The losses are normalised onto ``[-delta, delta]``, shaped by ``strategy``, and passed through a
+    softmax with temperature ``r``: ``w_i = exp((f_i - max f) / r) / sum_j exp((f_j - max f) / r)``.
+
+    Non-finite losses (NaN or inf from a bad sample) get weight 0 and do not affect the others. If no
+    loss is finite, the weights are uniform, so a weighted sum of the losses stays non-finite and the
+    usual handling of a bad step applies.
+
+    Args:
+        losses (torch.Tensor): 1-D tensor of per-sample losses (any float dtype; detached here).
+        strategy (str): A registered strategy: ``'uniform'``, ``'linupper'``, ``'quadratic'``,
+            ``'extremes'``, ``'upper'`` or one added with :func:`register_strategy`.
+            Default: ``'linupper'``.
+        r (float): Softmax temperature (KL-regularisation strength), ``> 0``. Large ``r`` tends to
+            uniform weights. Default: ``1.0``.
+        delta (float): Half-width of the normalisation interval, ``> 0``. Default: ``1.0``.
+
+    Returns:
+        torch.Tensor: float32 weights on the device of ``losses``, same length, summing to 1.
+
+    Raises:
+        ValueError: For an unknown strategy, ``r <= 0``, ``delta <= 0``, or ``losses`` that is not a
+            non-empty 1-D floating-point tensor.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import compute_sample_weights
+        >>> w = compute_sample_weights(torch.tensor([0.5, 2.0, 3.5]), strategy='linupper', r=1.0)
+        >>> [round(x, 4) for x in w.tolist()]
+        [0.1554, 0.4223, 0.4223]
+    """
+    fn = validate_weight_args(strategy, r, delta)
+    if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or losses.numel() == 0:
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f'losses must be a non-empty 1-D tensor, got {shape}.')
+    if not losses.is_floating_point():
+        raise ValueError(f'losses must be a floating-point tensor, got dtype {losses.dtype}.')
+
+    with torch.no_grad():
+        losses = losses.detach().float()
+        finite = torch.isfinite(losses)
+        f = fn(normalize_losses(losses, delta, finite), delta).float()
+        f = torch.where(finite, f, -math.inf)
+        g = torch.exp((f - f.amax()) / r)
+        g = torch.where(finite.any(), g, torch.ones_like(g))
+        return g / g.sum()
+
+
+def token_normalize_weights(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Fold token counts into weights: ``w_i n_i / sum_j w_j n_j``.
+
+    With uniform weights this turns a sample-mean loss into the token-mean loss of ordinary
+    language-model training (method step 6, last remark).
+
+    Args:
+        weights (torch.Tensor): 1-D weights summing to 1.
+        tokens (torch.Tensor): 1-D count of loss-bearing tokens per sample.
+
+    Returns:
+        torch.Tensor: float32 weights summing to 1 (uniform if every count is 0).
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import token_normalize_weights
+        >>> token_normalize_weights(torch.tensor([0.5, 0.5]), torch.tensor([1, 3]))
+        tensor([0.2500, 0.7500])
+    """
+    scaled = weights.float() * tokens.float()
+    total = scaled.sum()
+    return torch.where(total > 0, scaled / total.clamp(min=torch.finfo(torch.float32).tiny), weights.float())
+
+
+class WeightStats(NamedTuple):
+    """Summary of one weight vector, as 0-d float32 tensors (no host sync)."""
+    entropy: torch.Tensor
+    """Shannon entropy of the weights, in nats (``log N`` when uniform)."""
+    ess: torch.Tensor
+    """Effective sample size ``1 / sum w^2`` divided by the number of samples (1 when uniform)."""
+    min: torch.Tensor
+    """Smallest weight among samples with a finite loss."""
+    max: torch.Tensor
+    """Largest weight."""
+    nonfinite: torch.Tensor
+    """Number of samples whose loss was NaN or inf."""
+
+
+def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor | None = None) -> WeightStats:
+    """Entropy, effective sample size, extremes and non-finite count of a weight vector.
+
+    Args:
+        weights (torch.Tensor): 1-D weights summing to 1.
+        losses (torch.Tensor): The losses they were computed from (to count non-finite ones).
+        valid (torch.Tensor, optional): Boolean mask of real samples (``False`` for padding slots).
+
+    Returns:
+        WeightStats: 0-d float32 tensors on the weights' device.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import weight_stats
+        >>> s = weight_stats(torch.full((4,), 0.25), torch.ones(4))
+        >>> round(float(s.ess), 4), round(float(s.entropy), 4)
+        (1.0, 1.3863)
+    """
+    w = weights.float()
+    if valid is None:
+        valid = torch.ones_like(w, dtype=torch.bool)
+    finite = torch.isfinite(losses) & valid
+    count = valid.sum().float()
+    entropy = -torch.where(w > 0, w * torch.log(w), 0.0).sum()
+    ess = 1.0 / (w * w).sum() / count
+    w_min = torch.where(finite, w, math.inf).amin()
+    w_max = torch.where(valid, w, -math.inf).amax()
+    nonfinite = (valid & ~finite).sum().float()
+    return WeightStats(entropy, ess, w_min, w_max, nonfinite)

@@ -1,0 +1,40 @@
+"""Entry point of the ``reweigh`` command: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+from typing import Sequence
+
+from reweigh.cli import weights_cmd
+
+_SUBCOMMANDS = (weights_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``reweigh``, with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog='reweigh',
+        description='Dynamic loss-based sample reweighting for LLM pretraining (Composer + Streaming).',
+    )
+    parser.add_argument('--version', action='version', version=f'%(prog)s {version("reweigh")}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for module in _SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``reweigh`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as e:
+        print(f'reweigh {args.command}: error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tokenised corpora as MosaicML Streaming shards, with a stable sample id and domain per sample."""

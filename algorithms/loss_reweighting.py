@@ -193,7 +193,7 @@ class LossReweighting(Algorithm):
                 'logits (one extra cross-entropy pass). Use ReweighCausalLM for the fast path.',
             )
             self._warned_generic = True
-        logits = outputs['logits'] if isinstance(outputs, Mapping) else outputs
+        logits = outputs.get('logits') if isinstance(outputs, Mapping) else outputs
         batch = state.batch
         if not isinstance(logits, torch.Tensor) or not isinstance(batch, Mapping) or 'labels' not in batch:
             raise ValueError(

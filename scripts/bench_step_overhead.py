@@ -1,0 +1,183 @@
+"""Measure the training-step overhead of LossReweighting against plain training.
+
+Arms (same model, data, optimizer; all trained in the same process, interleaved round by round so
+that machine noise hits every arm alike):
+
+* ``plain``: ReweighCausalLM without the algorithm (token-mean loss, one cross-entropy pass).
+* ``fast``: ReweighCausalLM + LossReweighting (per-sample losses reused from ``loss()``).
+* ``hf-plain``: Composer's HuggingFaceModel without the algorithm (Hugging Face computes the loss).
+* ``generic``: HuggingFaceModel + LossReweighting (per-sample losses from the logits: one more pass).
+* ``naive``: HuggingFaceModel + the paper's public-code recipe (a second cross-entropy pass over a
+  shifted *copy* of the logits, and a ``.item()`` host sync every step), for comparison.
+
+Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
+both ends on CUDA). The first ``--warmup-steps`` of each arm are dropped. Ratios are of medians from
+this one run.
+
+Example:
+    python scripts/bench_step_overhead.py --steps 60 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from composer import Trainer
+from composer.core import Algorithm, Callback, Event, State
+from composer.loggers import Logger
+from composer.models import HuggingFaceModel
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from reweigh.algorithms import LossReweighting, build_causal_lm, compute_sample_weights
+
+
+class NaiveReweighting(Algorithm):
+    """The straightforward implementation: shifted logits copy, second CE pass, ``.item()`` per step."""
+
+    def match(self, event: Event, state: State) -> bool:
+        return event == Event.AFTER_LOSS
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        logits, labels = state.outputs['logits'], state.batch['labels']
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        token_loss = F.cross_entropy(
+            shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1), reduction='none',
+        ).view(shift_labels.shape)
+        losses = token_loss.mean(dim=1)
+        weights = compute_sample_weights(losses, 'linupper', 1.0)
+        logger.log_metrics({'naive/max_weight': weights.max().item()})
+        state.loss = (weights * losses).sum()
+
+
+class StepTimer(Callback):
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def _sync(self, state: State) -> None:
+        if state.device.name == 'gpu':
+            torch.cuda.synchronize()
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        self._sync(state)
+        self._start = time.perf_counter()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self._sync(state)
+        self.times.append(time.perf_counter() - self._start)
+
+
+class RandomTokens(Dataset):
+
+    def __init__(self, n: int, seq: int, vocab: int) -> None:
+        self.ids = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {'input_ids': self.ids[i], 'labels': self.ids[i]}
+
+
+ARMS = ('plain', 'fast', 'hf-plain', 'generic', 'naive')
+
+
+def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer, StepTimer]:
+    torch.manual_seed(0)
+    model = build_causal_lm(
+        'gpt2', n_layer=args.layers, n_embd=args.width, n_head=args.heads, vocab_size=args.vocab,
+        n_positions=args.seq, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    if arm in ('hf-plain', 'generic', 'naive'):
+        model = HuggingFaceModel(model.model, shift_labels=True)
+    algorithms = {
+        'fast': [LossReweighting('linupper', warmup=0)],
+        'generic': [LossReweighting('linupper', warmup=0)],
+        'naive': [NaiveReweighting()],
+    }.get(arm, [])
+    timer = StepTimer()
+    steps_total = args.rounds * args.steps + args.warmup_steps
+    data = RandomTokens(args.batch * steps_total, args.seq, args.vocab)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(data, batch_size=args.batch),
+        optimizers=torch.optim.AdamW(model.parameters(), lr=1e-4),
+        max_duration=f'{steps_total}ba',
+        algorithms=algorithms,
+        callbacks=[timer],
+        device=device,
+        precision='amp_bf16' if device == 'gpu' else 'fp32',
+        progress_bar=False,
+        log_to_console=False,
+        seed=0,
+    )
+    return trainer, timer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--device', choices=('cpu', 'gpu'), default='gpu' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS))
+    parser.add_argument('--steps', type=int, default=60, help='timed steps per arm per round')
+    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds')
+    parser.add_argument('--warmup-steps', type=int, default=5, help='untimed steps per arm before round 1')
+    parser.add_argument('--layers', type=int, default=2)
+    parser.add_argument('--width', type=int, default=128)
+    parser.add_argument('--heads', type=int, default=4)
+    parser.add_argument('--vocab', type=int, default=4096)
+    parser.add_argument('--seq', type=int, default=128)
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    args = parser.parse_args()
+
+    arms = {arm: build_arm(arm, args, args.device) for arm in args.arms}
+    peak: dict[str, float] = {}
+    for arm, (trainer, _) in arms.items():
+        trainer.fit(duration=f'{args.warmup_steps}ba')
+    for arm, (_, timer) in arms.items():
+        timer.times.clear()
+    for _ in range(args.rounds):
+        for arm, (trainer, _) in arms.items():
+            if args.device == 'gpu':
+                torch.cuda.reset_peak_memory_stats()
+            trainer.fit(duration=f'{args.steps}ba')
+            if args.device == 'gpu':
+                peak[arm] = max(peak.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+
+    medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
+    baseline = {'plain': 'plain', 'fast': 'plain', 'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
+    device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
+    print(f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}')
+    print(
+        f'model: GPT-2 {args.layers} layers x {args.width} wide, vocab {args.vocab}, seq {args.seq}, '
+        f'batch {args.batch}; {args.rounds} interleaved rounds x {args.steps} steps per arm',
+    )
+    print('| arm | steps timed | median step (ms) | vs baseline | baseline |' + (' peak GPU MiB |' if peak else ''))
+    print('|---|---|---|---|---|' + ('---|' if peak else ''))
+    rows = []
+    for arm, (_, timer) in arms.items():
+        ref = baseline[arm]
+        ratio = medians[arm] / medians[ref] if ref in medians else float('nan')
+        row = {'arm': arm, 'steps': len(timer.times), 'median_ms': medians[arm], 'ratio': ratio, 'baseline': ref}
+        if peak:
+            row['peak_mib'] = peak[arm]
+        rows.append(row)
+        print(
+            f"| {arm} | {len(timer.times)} | {medians[arm]:.2f} | {ratio:.4f} | {ref} |" +
+            (f" {peak[arm]:.0f} |" if peak else ''),
+        )
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'args': vars(args), 'device': device_name, 'rows': rows}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

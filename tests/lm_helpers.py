@@ -1,0 +1,55 @@
+"""Tiny causal-LM models and data shared by the Composer-level tests."""
+
+from __future__ import annotations
+
+import torch
+from composer import Trainer
+from torch.utils.data import DataLoader, Dataset
+
+from reweigh.algorithms import ReweighCausalLM, build_causal_lm
+
+VOCAB, SEQ = 64, 16
+
+
+class TokenDataset(Dataset):
+    """Random token sequences whose first half repeats a pattern (easy) and second half is noise (hard)."""
+
+    def __init__(self, n: int = 64, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, VOCAB, (n, SEQ), generator=g)
+        self.ids[::2] = torch.arange(SEQ) % 4  # every other sample is the same easy pattern
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {'input_ids': self.ids[i], 'labels': self.ids[i]}
+
+
+def tiny_gpt2(seed: int = 0, dropout: float = 0.0) -> ReweighCausalLM:
+    torch.manual_seed(seed)
+    return build_causal_lm(
+        'gpt2', n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+    )
+
+
+def make_trainer(model, algorithms=(), max_duration: str = '4ba', train_dataloader=None, **kwargs) -> Trainer:
+    if train_dataloader is None:
+        train_dataloader = DataLoader(TokenDataset(), batch_size=8, shuffle=False)
+    kwargs.setdefault('optimizers', torch.optim.SGD(model.parameters(), lr=0.5))
+    return Trainer(
+        model=model,
+        train_dataloader=train_dataloader,
+        max_duration=max_duration,
+        algorithms=list(algorithms),
+        device='cpu',
+        progress_bar=False,
+        seed=17,
+        **kwargs,
+    )
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """The trained parameters by name (without DDP's ``module.`` prefix)."""
+    return {k.removeprefix('module.'): v.detach().clone() for k, v in trainer.state.model.named_parameters()}

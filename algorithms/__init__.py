@@ -13,7 +13,8 @@ Example:
 
 from reweigh.algorithms.causal_lm import PER_SAMPLE_LOSS_KEY, ReweighCausalLM, build_causal_lm
 from reweigh.algorithms.gather import GlobalBatch, gather_global_batch
-from reweigh.algorithms.loss_reweighting import LossReweighting, parse_warmup
+from reweigh.algorithms.history import HISTORY_SCHEMA, LossHistory, part_files, truncate_history
+from reweigh.algorithms.loss_reweighting import LossReweighting, MicrobatchWeights, parse_warmup
 from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
 from reweigh.algorithms.strategies import available_strategies, get_strategy, register_strategy
 from reweigh.algorithms.weights import (
@@ -25,9 +26,12 @@ from reweigh.algorithms.weights import (
 )
 
 __all__ = [
+    'HISTORY_SCHEMA',
     'PER_SAMPLE_LOSS_KEY',
     'GlobalBatch',
+    'LossHistory',
     'LossReweighting',
+    'MicrobatchWeights',
     'PerSampleLoss',
     'ReweighCausalLM',
     'WeightStats',
@@ -38,9 +42,11 @@ __all__ = [
     'get_strategy',
     'normalize_losses',
     'parse_warmup',
+    'part_files',
     'per_sample_loss',
     'register_strategy',
     'reweighted_loss',
     'token_normalize_weights',
+    'truncate_history',
     'weight_stats',
 ]

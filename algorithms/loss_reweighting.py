@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
@@ -26,7 +26,7 @@ from reweigh.algorithms.weights import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ['LossReweighting', 'parse_warmup']
+__all__ = ['LossReweighting', 'MicrobatchWeights', 'parse_warmup']
 
 _WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
 _METRIC_PREFIX = 'loss_reweighting'
@@ -66,6 +66,20 @@ def parse_warmup(warmup: str | int | Time) -> Time:
     return t
 
 
+class MicrobatchWeights(NamedTuple):
+    """What :class:`LossReweighting` used for this rank's samples of the latest microbatch."""
+    losses: torch.Tensor
+    """``(n,)`` float32 detached per-sample losses."""
+    tokens: torch.Tensor
+    """``(n,)`` token counts."""
+    weights: torch.Tensor
+    """``(n,)`` float32 weights; over all ranks they sum to 1 per microbatch (uniform during warm-up)."""
+    r: float
+    """Temperature in use."""
+    active: bool
+    """Whether the loss was replaced (after warm-up, strategy not ``uniform``)."""
+
+
 class LossReweighting(Algorithm):
     """Dynamic loss-based sample reweighting (Sow et al., ICLR 2025) as a Composer algorithm.
 
@@ -91,6 +105,8 @@ class LossReweighting(Algorithm):
     ``weight_entropy``, ``ess`` (effective sample size ``1/sum w^2`` over the batch size),
     ``weight_min``, ``weight_max`` and ``nonfinite_losses``, averaged (min/max/summed) over
     microbatches. On CUDA they reach the logger one step late so the loop never waits for the device.
+    After each microbatch, :attr:`last_microbatch` holds the losses and weights this rank used (read
+    by :class:`~reweigh.algorithms.LossHistory`).
 
     Args:
         strategy (str): A registered strategy: ``'uniform'``, ``'linupper'`` (the paper's best),
@@ -143,6 +159,7 @@ class LossReweighting(Algorithm):
         self._batch_active = False
         self._nonfinite_total = 0.0
         self._warned_generic = False
+        self.last_microbatch: MicrobatchWeights | None = None
 
     def __repr__(self) -> str:
         return (
@@ -217,8 +234,12 @@ class LossReweighting(Algorithm):
         if self.token_normalize:
             weights = token_normalize_weights(weights, batch.tokens)
         active = not warm and self.strategy != 'uniform'
+        local_weights = weights[batch.local]
         if active:
-            state.loss = reweighted_loss(per_sample.loss, weights[batch.local], dist.get_world_size())
+            state.loss = reweighted_loss(per_sample.loss, local_weights, dist.get_world_size())
+        self.last_microbatch = MicrobatchWeights(
+            per_sample.loss.detach().float(), per_sample.tokens, local_weights, r, active,
+        )
         self._batch_stats.append(weight_stats(weights, batch.losses, batch.valid))
         self._batch_r = r
         self._batch_active = active

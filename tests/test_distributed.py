@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from lm_helpers import TokenDataset, make_trainer, params, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossReweighting, compute_sample_weights, gather_global_batch
+from reweigh.algorithms import LossHistory, LossReweighting, compute_sample_weights, gather_global_batch
 
 WORLD = 2
 GLOBAL_LOSSES = torch.tensor([2.3, 0.1, 4.0, 1.7, float('nan'), 3.3, 0.9, 2.8])
@@ -23,6 +23,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class IdDataset(TokenDataset):
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), 'sample_id': torch.tensor(i)}
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), NODE_RANK='0',
@@ -31,9 +37,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from composer.utils import dist
 
     model = tiny_gpt2()
-    dataset = TokenDataset()
+    dataset = IdDataset()
     loader = DataLoader(dataset, batch_size=4, sampler=dist.get_sampler(dataset, shuffle=False))
-    trainer = make_trainer(model, [LossReweighting(**ALGORITHM)], train_dataloader=loader, max_duration='3ba')
+    history = LossHistory(folder=os.path.join(out_dir, 'history'))
+    trainer = make_trainer(
+        model, [LossReweighting(**ALGORITHM)], train_dataloader=loader, max_duration='3ba', callbacks=[history],
+    )
 
     # functional core, equal shards: this rank holds samples [4 * rank, 4 * rank + 4)
     mine = slice(4 * rank, 4 * rank + 4)
@@ -52,7 +61,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 def two_rank_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp('ranks')
     mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
-    return [torch.load(out_dir / f'{rank}.pt') for rank in range(WORLD)]
+    results = [torch.load(out_dir / f'{rank}.pt') for rank in range(WORLD)]
+    results[0]['history'] = out_dir / 'history'
+    return results
 
 
 def test_each_rank_uses_the_single_process_weights_of_the_global_batch(two_rank_results):
@@ -72,3 +83,20 @@ def test_two_rank_training_equals_single_process_training_on_the_global_batch(tw
     for result in two_rank_results:
         for k, v in reference.items():
             torch.testing.assert_close(result['params'][k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_two_rank_history_has_one_part_folder_per_rank_and_global_weights(two_rank_results):
+    import pyarrow.dataset as pads
+
+    folder = two_rank_results[0]['history']
+    assert sorted(p.name for p in folder.iterdir()) == ['rank0', 'rank1']
+    df = pads.dataset(str(folder), format='parquet').to_table().to_pandas()
+    assert len(df) == 3 * 8
+    assert sorted(df.sample_id) == sorted(list(range(24)))
+    assert df.groupby('rank').sample_id.apply(lambda s: set(s % 2)).to_dict() == {0: {0}, 1: {1}}
+    assert df.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+    for step, group in df.groupby('step'):
+        expected = compute_sample_weights(
+            torch.tensor(group.loss.to_numpy()), 'linupper' if step >= 1 else 'uniform', 0.7,
+        )
+        torch.testing.assert_close(torch.tensor(group.weight.to_numpy()), expected)

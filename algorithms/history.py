@@ -1,0 +1,355 @@
+"""Per-sample loss and weight history, written as Parquet part files off the training thread.
+
+Layout of a history folder (one sub-folder per rank, one file per flushed step range)::
+
+    history/rank0/part-000000000-000000099.parquet   # steps 0..99 of rank 0
+    history/rank1/part-000000000-000000099.parquet
+
+Columns: ``step`` (int64, the batch index), ``microbatch`` (int16), ``rank`` (int16), ``sample_id``
+(int64, -1 if the batch had none), ``domain`` (int32, -1 if none), ``tokens`` (int32), ``loss``
+(float32), ``weight`` (float32; per step and microbatch the weights of all ranks sum to 1), ``r``
+(float32) and ``active`` (bool, False during warm-up). The file metadata holds the strategy, ``r``,
+``delta``, ``warmup`` and the run name. Files appear atomically (written under a temporary name, then
+renamed), so readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from composer.core import Callback, State, Time, TimeUnit
+from composer.loggers import Logger
+from composer.utils import dist
+
+from reweigh.algorithms.loss_reweighting import LossReweighting
+
+log = logging.getLogger(__name__)
+
+__all__ = ['HISTORY_SCHEMA', 'LossHistory', 'part_files', 'truncate_history']
+
+HISTORY_SCHEMA = pa.schema([
+    ('step', pa.int64()),
+    ('microbatch', pa.int16()),
+    ('rank', pa.int16()),
+    ('sample_id', pa.int64()),
+    ('domain', pa.int32()),
+    ('tokens', pa.int32()),
+    ('loss', pa.float32()),
+    ('weight', pa.float32()),
+    ('r', pa.float32()),
+    ('active', pa.bool_()),
+])
+
+_PART = re.compile(r'^part-(\d{9})-(\d{9})\.parquet$')
+
+
+def part_files(folder: str | Path) -> list[tuple[int, int, Path]]:
+    """``(first_step, last_step, path)`` of every finished part file directly in ``folder``, sorted."""
+    out = []
+    for path in Path(folder).glob('part-*.parquet'):
+        m = _PART.match(path.name)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), path))
+    return sorted(out)
+
+
+def _part_name(first: int, last: int) -> str:
+    return f'part-{first:09d}-{last:09d}.parquet'
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    pq.write_table(table, tmp, compression='zstd')
+    os.replace(tmp, path)
+
+
+def truncate_history(folder: str | Path, step: int) -> int:
+    """Drop rows with ``step >= step`` from the part files in ``folder`` (used when a run resumes).
+
+    Parts wholly at or past ``step`` are deleted; a part that straddles it is rewritten in place
+    (atomically, keeping its name, whose last step is then an upper bound). Leftover temporary files
+    of an interrupted write are removed; an unreadable part is left for readers to skip, with a warning.
+
+    Returns:
+        int: The number of rows dropped.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.algorithms.history import truncate_history
+        >>> truncate_history(tempfile.mkdtemp(), 10)
+        0
+    """
+    folder = Path(folder)
+    for tmp in folder.glob('.part-*.tmp'):
+        tmp.unlink()
+    dropped = 0
+    for first, last, path in part_files(folder):
+        if last < step:
+            continue
+        if first >= step:
+            dropped += pq.ParquetFile(path).metadata.num_rows if _readable(path) else 0
+            path.unlink()
+            continue
+        if not _readable(path):
+            continue
+        table = pq.read_table(path)
+        keep = table.filter(pc.less(table['step'], step))
+        dropped += table.num_rows - keep.num_rows
+        _write_atomic(keep, path)
+    return dropped
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as e:
+        warnings.warn(f'LossHistory: part file {path} is unreadable ({e}).')
+        return False
+    return True
+
+
+class _Chunk(NamedTuple):
+    step: int
+    microbatch: int
+    ints: torch.Tensor  # (3, n) int64: sample_id, domain, tokens
+    floats: torch.Tensor  # (2, n) float32: loss, weight
+    r: float
+    active: bool
+    ready: Any  # torch.cuda.Event or None
+
+
+class _Writer:
+    """One background thread per rank that assembles chunks into Parquet parts."""
+
+    def __init__(self, folder: Path, rank: int, metadata: dict[bytes, bytes], max_queued: int) -> None:
+        self.folder, self.rank, self.metadata = folder, rank, metadata
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.finished: list[Path] = []
+        self.error: BaseException | None = None
+        self._chunks: list[_Chunk] = []
+        self._thread = threading.Thread(target=self._run, name=f'reweigh-history-rank{rank}', daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: _Chunk) -> None:
+        self._raise_if_failed()
+        self.queue.put(chunk)
+
+    def flush(self, wait: bool) -> None:
+        """Write everything queued so far as one part file; with ``wait``, return once it is on disk."""
+        self._raise_if_failed()
+        done = threading.Event()
+        self.queue.put(done)
+        if wait:
+            done.wait()
+            self._raise_if_failed()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.flush(wait=True)
+            self.queue.put(None)
+            self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f'LossHistory writer for rank {self.rank} failed: {self.error}') from self.error
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, threading.Event):
+                    self._write_part()
+                    item.set()
+                elif self.error is None:
+                    self._chunks.append(item)
+            except BaseException as e:  # surfaced on the training thread at the next put/flush
+                self.error = e
+                item.set()
+
+    def _write_part(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        if not chunks or self.error is not None:
+            return
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in HISTORY_SCHEMA.names}
+        for c in chunks:
+            if c.ready is not None:
+                c.ready.synchronize()
+            ints, floats = c.ints.numpy(), c.floats.numpy()
+            n = ints.shape[1]
+            columns['step'].append(np.full(n, c.step, np.int64))
+            columns['microbatch'].append(np.full(n, c.microbatch, np.int16))
+            columns['rank'].append(np.full(n, self.rank, np.int16))
+            columns['sample_id'].append(ints[0])
+            columns['domain'].append(ints[1].astype(np.int32))
+            columns['tokens'].append(ints[2].astype(np.int32))
+            columns['loss'].append(floats[0])
+            columns['weight'].append(floats[1])
+            columns['r'].append(np.full(n, c.r, np.float32))
+            columns['active'].append(np.full(n, c.active, np.bool_))
+        arrays = [pa.array(np.concatenate(columns[f.name]), type=f.type) for f in HISTORY_SCHEMA]
+        table = pa.Table.from_arrays(arrays, schema=HISTORY_SCHEMA.with_metadata(self.metadata))
+        path = self.folder / _part_name(chunks[0].step, chunks[-1].step)
+        _write_atomic(table, path)
+        self.finished.append(path)
+
+
+class LossHistory(Callback):
+    """Record every training sample's loss and weight, per step, as Parquet files.
+
+    Needs :class:`~reweigh.algorithms.LossReweighting` among the trainer's algorithms (it reads the
+    losses and weights the algorithm used; use ``LossReweighting('uniform')`` for a baseline run, which
+    leaves training untouched). Rows are copied off the device asynchronously, buffered, and written by
+    a background thread every ``flush_interval`` batches, so training does not wait on disk. At every
+    checkpoint the buffer is flushed synchronously (Composer calls :meth:`state_dict` on all ranks), so
+    the history on disk covers every step up to any checkpoint; when a run resumes from step ``s``,
+    rows at or past ``s`` left by the interrupted attempt are removed first. A crash therefore loses
+    at most the rows since the last flush and never leaves a partial file.
+
+    Args:
+        folder (str): Where to write; ``{run_name}`` is filled in. Each rank writes ``rank{N}/``.
+            Default: ``'{run_name}/history'``.
+        flush_interval (str | int): Batches between part files (``'100ba'`` or 100). Default: ``'100ba'``.
+        max_queued_chunks (int): Bound on microbatches waiting for the writer; training blocks (rather
+            than growing memory) if the disk cannot keep up. Default: ``4096``.
+        upload_prefix (str, optional): If set, every finished part file is also handed to the run's
+            remote uploaders (e.g. the ``RemoteUploaderDownloader`` Composer creates for a remote
+            ``save_folder``) as ``{upload_prefix}/rank{N}/{file}``; ``{run_name}`` is filled in.
+
+    Example:
+        >>> from reweigh.algorithms import LossHistory, LossReweighting
+        >>> callbacks = [LossHistory(folder='runs/{run_name}/history', flush_interval='50ba')]
+        >>> algorithms = [LossReweighting('linupper', warmup='100ba')]
+        >>> # composer.Trainer(..., algorithms=algorithms, callbacks=callbacks)
+    """
+
+    def __init__(
+        self,
+        folder: str = '{run_name}/history',
+        flush_interval: str | int = '100ba',
+        max_queued_chunks: int = 4096,
+        upload_prefix: str | None = None,
+    ) -> None:
+        interval = Time(flush_interval, TimeUnit.BATCH) if isinstance(flush_interval, int) else Time.from_timestring(
+            str(flush_interval),
+        )
+        if interval.unit != TimeUnit.BATCH or interval.value <= 0:
+            raise ValueError(f'flush_interval must be a positive number of batches, e.g. "100ba"; got {flush_interval!r}.')
+        if max_queued_chunks <= 0:
+            raise ValueError(f'max_queued_chunks must be > 0, got {max_queued_chunks}.')
+        self.folder_template = folder
+        self.flush_every = int(interval.value)
+        self.max_queued_chunks = max_queued_chunks
+        self.upload_prefix = upload_prefix
+        self.folder: Path | None = None
+        self._algorithm: LossReweighting | None = None
+        self._writer: _Writer | None = None
+        self._microbatch = 0
+        self._uploaded = 0
+        self._warned_ids = False
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        algorithms = [a for a in state.algorithms if isinstance(a, LossReweighting)]
+        if not algorithms:
+            raise ValueError(
+                'LossHistory needs LossReweighting among the algorithms (LossReweighting("uniform") for a baseline).',
+            )
+        self._algorithm = algorithms[0]
+        rank = dist.get_global_rank()
+        root = Path(self.folder_template.format(run_name=state.run_name))
+        self.folder = root / f'rank{rank}'
+        self.folder.mkdir(parents=True, exist_ok=True)
+        resume_step = int(state.timestamp.batch.value)
+        dropped = truncate_history(self.folder, resume_step)
+        if dropped:
+            log.info(f'LossHistory: dropped {dropped} rows at or after step {resume_step} from an earlier attempt.')
+        a = self._algorithm
+        metadata = {
+            'reweigh': json.dumps({
+                'run_name': state.run_name, 'strategy': a.strategy, 'r': a.r, 'delta': a.delta,
+                'warmup': str(a.warmup), 'token_normalize': a.token_normalize, 'world_size': dist.get_world_size(),
+            }),
+        }
+        self._writer = _Writer(
+            self.folder, rank, {k.encode(): v.encode() for k, v in metadata.items()}, self.max_queued_chunks,
+        )
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        self._microbatch = 0
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        if self._writer is None or self._algorithm is None or self._algorithm.last_microbatch is None:
+            return
+        record = self._algorithm.last_microbatch
+        n = record.losses.shape[0]
+        batch = state.batch if isinstance(state.batch, dict) else {}
+        missing = torch.full((n,), -1, dtype=torch.int64, device=record.losses.device)
+        if 'sample_id' not in batch and not self._warned_ids:
+            warnings.warn('LossHistory: batches carry no "sample_id"; rows are recorded with sample_id -1.')
+            self._warned_ids = True
+        ints = torch.stack([
+            batch.get('sample_id', missing).reshape(n).to(torch.int64),
+            batch.get('domain', missing).reshape(n).to(torch.int64),
+            record.tokens.to(torch.int64),
+        ])
+        floats = torch.stack([record.losses, record.weights.float()])
+        ready = None
+        if ints.is_cuda:
+            ints = _to_host_async(ints)
+            floats = _to_host_async(floats)
+            ready = torch.cuda.Event()
+            ready.record()
+        self._writer.put(
+            _Chunk(int(state.timestamp.batch.value), self._microbatch, ints, floats, record.r, record.active, ready),
+        )
+        self._microbatch += 1
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self._writer is None:
+            return
+        if int(state.timestamp.batch.value) % self.flush_every == 0:
+            self._writer.flush(wait=False)
+        self._upload_finished(state, logger)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._writer is not None:
+            self._writer.flush(wait=True)
+        return {}
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self.close(state, logger)
+
+    def close(self, state: State, logger: Logger) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._upload_finished(state, logger)
+            self._writer = None
+
+    def _upload_finished(self, state: State, logger: Logger) -> None:
+        if self.upload_prefix is None or self._writer is None:
+            return
+        finished = self._writer.finished
+        prefix = self.upload_prefix.format(run_name=state.run_name).rstrip('/')
+        for path in finished[self._uploaded:]:
+            logger.upload_file(f'{prefix}/{path.parent.name}/{path.name}', path, overwrite=True)
+        self._uploaded = len(finished)
+
+
+def _to_host_async(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host

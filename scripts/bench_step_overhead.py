@@ -7,15 +7,17 @@ that machine noise hits every arm alike):
 * ``fast``: ReweighCausalLM + LossReweighting (per-sample losses reused from ``loss()``).
 * ``hf-plain``: Composer's HuggingFaceModel without the algorithm (Hugging Face computes the loss).
 * ``generic``: HuggingFaceModel + LossReweighting (per-sample losses from the logits: one more pass).
+* ``history``: ``fast`` plus the LossHistory recorder (Parquet parts every 50 batches, in a temp dir).
 * ``naive``: HuggingFaceModel + the paper's public-code recipe (a second cross-entropy pass over a
   shifted *copy* of the logits, and a ``.item()`` host sync every step), for comparison.
 
-Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
+Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
+and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
 both ends on CUDA). The first ``--warmup-steps`` of each arm are dropped. Ratios are of medians from
 this one run.
 
 Example:
-    python scripts/bench_step_overhead.py --steps 60 --rounds 3
+    python scripts/bench_step_overhead.py --steps 10 --rounds 18
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
+import tempfile
 import time
 
 import torch
@@ -34,7 +38,7 @@ from composer.models import HuggingFaceModel
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from reweigh.algorithms import LossReweighting, build_causal_lm, compute_sample_weights
+from reweigh.algorithms import LossHistory, LossReweighting, build_causal_lm, compute_sample_weights
 
 
 class NaiveReweighting(Algorithm):
@@ -101,10 +105,10 @@ class RandomTokens(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {'input_ids': self.ids[i], 'labels': self.ids[i]}
+        return {'input_ids': self.ids[i], 'labels': self.ids[i], 'sample_id': torch.tensor(i), 'domain': torch.tensor(i % 3)}
 
 
-ARMS = ('plain', 'fast', 'hf-plain', 'generic', 'naive')
+ARMS = ('plain', 'fast', 'history', 'hf-plain', 'generic', 'naive')
 
 
 def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer, StepTimer]:
@@ -118,10 +122,14 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
         model = HuggingFaceModel(model.model, shift_labels=True)
     algorithms = {
         'fast': [TimedLossReweighting('linupper', warmup=0)],
+        'history': [TimedLossReweighting('linupper', warmup=0)],
         'generic': [TimedLossReweighting('linupper', warmup=0)],
         'naive': [NaiveReweighting()],
     }.get(arm, [])
     timer = StepTimer()
+    callbacks: list[Callback] = [timer]
+    if arm == 'history':
+        callbacks.append(LossHistory(folder=tempfile.mkdtemp(prefix='reweigh-bench-'), flush_interval='50ba'))
     steps_total = args.rounds * args.steps + args.warmup_steps
     data = RandomTokens(args.batch * steps_total, args.seq, args.vocab)
     trainer = Trainer(
@@ -130,7 +138,7 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
         optimizers=torch.optim.AdamW(model.parameters(), lr=1e-4),
         max_duration=f'{steps_total}ba',
         algorithms=algorithms,
-        callbacks=[timer],
+        callbacks=callbacks,
         device=device,
         precision='amp_bf16' if device == 'gpu' else 'fp32',
         progress_bar=False,
@@ -144,8 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='gpu' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS))
-    parser.add_argument('--steps', type=int, default=60, help='timed steps per arm per round')
-    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds')
+    parser.add_argument('--steps', type=int, default=10, help='timed steps per arm per round')
+    parser.add_argument('--rounds', type=int, default=18, help='interleaved rounds (arm order shuffled each)')
     parser.add_argument('--warmup-steps', type=int, default=5, help='untimed steps per arm before round 1')
     parser.add_argument('--layers', type=int, default=2)
     parser.add_argument('--width', type=int, default=128)
@@ -165,8 +173,11 @@ def main() -> None:
         for algorithm in trainer.state.algorithms:
             if isinstance(algorithm, TimedLossReweighting):
                 algorithm.per_batch.clear()
-    for _ in range(args.rounds):
-        for arm, (trainer, _) in arms.items():
+    order = list(arms)
+    for round_index in range(args.rounds):
+        random.Random(round_index).shuffle(order)
+        for arm in order:
+            trainer = arms[arm][0]
             if args.device == 'gpu':
                 torch.cuda.reset_peak_memory_stats()
             trainer.fit(duration=f'{args.steps}ba')
@@ -174,7 +185,7 @@ def main() -> None:
                 peak[arm] = max(peak.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
 
     medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
-    baseline = {'plain': 'plain', 'fast': 'plain', 'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
+    baseline = {'plain': 'plain', 'fast': 'plain', 'history': 'plain', 'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
     print(f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}')
     print(

@@ -1,0 +1,354 @@
+"""The training-config schema of ``reweigh train``: load YAML, apply dotted overrides, validate.
+
+The schema follows llm-foundry's train configs. Everything is validated before anything heavy
+starts: unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from composer.core import Time, TimeUnit
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from reweigh.algorithms import available_strategies, parse_warmup
+
+__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_uri']
+
+# Object stores Composer and Streaming can read and write; anything else with '://' is rejected.
+REMOTE_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'dbfs', 'hf', 'sftp')
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    family: str = 'gpt2'
+    """``gpt2`` or ``llama``: the model is built from its ``transformers`` config (no download)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``GPT2Config``/``LlamaConfig``; ``vocab_size`` defaults to the tokenizer's."""
+
+
+@dataclass
+class TokenizerConfig:
+    name: Optional[str] = None
+    """Hugging Face name or local path; default: the tokenizer stored with the prepared dataset."""
+
+
+@dataclass
+class DatasetConfig:
+    local: str = MISSING
+    """Local folder: the prepared dataset itself, or the cache for ``remote``."""
+    remote: Optional[str] = None
+    """Root of a prepared dataset in object storage (``s3://``, ``gs://``, ...)."""
+    prepare_default: bool = False
+    """If ``local`` holds no dataset (and ``remote`` is unset), prepare the embedded default corpus there."""
+    proportions: Optional[dict[str, float]] = None
+    """Domain mixing proportions by domain name; default: every domain in its natural size."""
+    shuffle: bool = True
+    shuffle_seed: Optional[int] = None
+    """Default: the run's ``seed``."""
+
+
+@dataclass
+class LoaderConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    num_workers: int = 0
+    drop_last: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = 'decoupled_adamw'
+    lr: float = 6.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = 'cosine_with_warmup'
+    t_warmup: str = '0ba'
+    alpha_f: float = 0.1
+
+
+@dataclass
+class RScheduleConfig:
+    name: str = 'linear'
+    alpha_i: float = 1.0
+    alpha_f: float = 1.0
+    t_max: str = '1dur'
+
+
+@dataclass
+class LossReweightingConfig:
+    strategy: str = 'linupper'
+    r: float = 1.0
+    delta: float = 1.0
+    warmup: str = '1000ba'
+    token_normalize: bool = False
+    r_schedule: Optional[RScheduleConfig] = None
+
+
+@dataclass
+class AlgorithmsConfig:
+    loss_reweighting: Optional[LossReweightingConfig] = None
+    """Present: train with reweighting. Absent: the uniform baseline."""
+
+
+@dataclass
+class HistoryConfig:
+    enabled: bool = True
+    """Record every sample's loss and weight per step (a uniform run records too, unchanged)."""
+    folder: Optional[str] = None
+    """Default: ``{run_dir}/history``."""
+    flush_interval: str = '100ba'
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = MISSING
+    run_dir: Optional[str] = None
+    """Local folder for this run's outputs; default ``runs/{run_name}``."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train_loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval_loader: Optional[LoaderConfig] = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    loggers: dict[str, Any] = field(default_factory=dict)
+    max_duration: str = MISSING
+    eval_interval: str = '1ep'
+    global_train_batch_size: int = MISSING
+    device_train_microbatch_size: Any = None
+    """An int, ``'auto'``, or unset (the per-device batch)."""
+    precision: str = 'fp32'
+    device: str = 'auto'
+    save_folder: Optional[str] = None
+    """Local path or object-store URI; default ``{run_dir}/checkpoints``."""
+    save_interval: str = '1ep'
+    save_num_checkpoints_to_keep: int = -1
+    autoresume: bool = False
+    seed: int = 17
+    progress_bar: bool = True
+    console_log_interval: str = '10ba'
+    fsdp_config: Optional[dict[str, Any]] = None
+    dist_timeout: float = 300.0
+
+
+OPTIMIZERS = ('decoupled_adamw', 'adamw', 'decoupled_sgdw', 'sgd')
+SCHEDULERS = ('cosine_with_warmup', 'linear_with_warmup', 'constant_with_warmup', 'constant')
+R_SCHEDULES = ('linear', 'constant')
+CALLBACKS = ('speed_monitor', 'lr_monitor', 'memory_monitor', 'runtime_estimator')
+LOGGERS = ('file', 'tensorboard', 'mlflow', 'wandb', 'in_memory')
+PRECISIONS = ('fp32', 'amp_bf16', 'amp_fp16')
+DEVICES = ('auto', 'cpu', 'gpu')
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a YAML train config, apply ``key=value`` overrides, and validate it.
+
+    Args:
+        path (str | Path): The YAML file (loaded with a safe loader).
+        overrides (Sequence[str]): Dotted overrides such as ``max_duration=20ba`` or
+            ``algorithms.loss_reweighting.r=0.5``.
+
+    Returns:
+        TrainConfig: A validated config (an OmegaConf structured config with ``TrainConfig`` fields).
+
+    Raises:
+        ConfigError: For a missing or unreadable file, malformed YAML or override, unknown keys,
+            wrong types, or impossible values; the message names the key.
+
+    Example:
+        >>> import tempfile, os
+        >>> from reweigh.cli.config import load_config
+        >>> yaml = 'run_name: demo\\nmax_duration: 10ba\\nglobal_train_batch_size: 8\\n'
+        >>> yaml += 'train_loader: {dataset: {local: ./data}}\\n'
+        >>> with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:
+        ...     _ = f.write(yaml)
+        >>> cfg = load_config(f.name, ['algorithms.loss_reweighting.r=0.5'])
+        >>> cfg.algorithms.loss_reweighting.r, cfg.algorithms.loss_reweighting.strategy
+        (0.5, 'linupper')
+        >>> os.unlink(f.name)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file {str(path)!r} does not exist.')
+    try:
+        user = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and OSError alike
+        raise ConfigError(f'cannot read config {str(path)!r}: {e}') from e
+    if not isinstance(user, DictConfig):
+        raise ConfigError(f'config {str(path)!r} must be a YAML mapping at the top level.')
+    for item in overrides:
+        if '=' not in item or not item.split('=', 1)[0].strip():
+            raise ConfigError(f'override {item!r} must look like key=value (e.g. max_duration=20ba).')
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), user, cli)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f'required key(s) missing: {", ".join(missing)}.')
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, 'full_key', None) or '?'
+        msg = str(e).split('\n')[0]
+        raise ConfigError(f'config key {key!r}: {msg}') from None
+    _validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f'config key {key!r}: {message}')
+
+
+def _check_time(key: str, value: str, units: Sequence[TimeUnit]) -> Time:
+    try:
+        t = Time.from_timestring(str(value).replace(' ', ''))
+    except ValueError:
+        _fail(key, f'{value!r} is not a Composer time string such as "100ba", "1ep" or "0.5dur".')
+    if t.unit not in units:
+        _fail(key, f'unit {t.unit.value!r} not allowed here; use one of {", ".join(u.value for u in units)}.')
+    if t.value < 0:
+        _fail(key, f'must be >= 0, got {value!r}.')
+    return t
+
+
+def validate_uri(key: str, value: str) -> str:
+    """Accept a local path or an object-store URI with a known scheme; reject anything else.
+
+    Raises:
+        ConfigError: For an empty value, an unsupported scheme, or a URI with no bucket.
+    """
+    if not value or not str(value).strip():
+        _fail(key, 'must not be empty.')
+    match = re.match(r'^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$', value)
+    if match:
+        scheme, rest = match.group(1).lower(), match.group(2)
+        if scheme not in REMOTE_SCHEMES:
+            _fail(key, f'unsupported URI scheme {scheme!r}; use a local path or one of: '
+                  f'{", ".join(s + "://" for s in REMOTE_SCHEMES)}.')
+        if not rest or rest.startswith('/'):
+            _fail(key, f'{value!r} names no bucket.')
+    elif '\x00' in value:
+        _fail(key, 'contains a NUL byte.')
+    return value
+
+
+def _validate(cfg: Any) -> None:
+    """Checks OmegaConf's type system cannot express."""
+    from reweigh.algorithms.causal_lm import _FAMILIES  # the families build_causal_lm knows
+
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', cfg.run_name):
+        _fail('run_name', f'{cfg.run_name!r} must be letters, digits, "_", "-", "." (it names folders).')
+    if cfg.model.family not in _FAMILIES:
+        _fail('model.family', f'{cfg.model.family!r} is not one of {", ".join(sorted(_FAMILIES))}.')
+    config_cls = _FAMILIES[cfg.model.family][0]
+    defaults = config_cls()
+    for k in cfg.model.config:
+        if not hasattr(defaults, k):
+            _fail(f'model.config.{k}', f'not a {config_cls.__name__} field.')
+
+    for loader_key in ('train_loader', 'eval_loader'):
+        loader = cfg[loader_key]
+        if loader is None:
+            continue
+        ds = loader.dataset
+        validate_uri(f'{loader_key}.dataset.local', ds.local)
+        if '://' in ds.local:
+            _fail(f'{loader_key}.dataset.local', 'must be a local folder; put object-store URIs in "remote".')
+        if ds.remote is not None:
+            validate_uri(f'{loader_key}.dataset.remote', ds.remote)
+        elif not Path(ds.local).exists() and not ds.prepare_default:
+            _fail(f'{loader_key}.dataset.local', f'{ds.local!r} does not exist (set remote, or prepare_default: true).')
+        for name, p in (ds.proportions or {}).items():
+            if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 0):
+                _fail(f'{loader_key}.dataset.proportions.{name}', f'must be a number > 0, got {p!r}.')
+        if loader.num_workers < 0:
+            _fail(f'{loader_key}.num_workers', f'must be >= 0, got {loader.num_workers}.')
+
+    if cfg.optimizer.name not in OPTIMIZERS:
+        _fail('optimizer.name', f'{cfg.optimizer.name!r} is not one of {", ".join(OPTIMIZERS)}.')
+    if not cfg.optimizer.lr > 0:
+        _fail('optimizer.lr', f'must be > 0, got {cfg.optimizer.lr}.')
+    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
+        _fail('optimizer.betas', f'must be two numbers in [0, 1), got {list(cfg.optimizer.betas)}.')
+    if cfg.optimizer.weight_decay < 0:
+        _fail('optimizer.weight_decay', f'must be >= 0, got {cfg.optimizer.weight_decay}.')
+    if cfg.scheduler.name not in SCHEDULERS:
+        _fail('scheduler.name', f'{cfg.scheduler.name!r} is not one of {", ".join(SCHEDULERS)}.')
+    _check_time('scheduler.t_warmup', cfg.scheduler.t_warmup, (TimeUnit.BATCH, TimeUnit.DURATION))
+
+    lr_cfg = cfg.algorithms.loss_reweighting
+    if lr_cfg is not None:
+        key = 'algorithms.loss_reweighting'
+        if lr_cfg.strategy not in available_strategies():
+            _fail(f'{key}.strategy', f'{lr_cfg.strategy!r} is not one of {", ".join(available_strategies())}.')
+        for name in ('r', 'delta'):
+            value = lr_cfg[name]
+            if not (math.isfinite(value) and value > 0):
+                _fail(f'{key}.{name}', f'must be a finite number > 0, got {value}.')
+        try:
+            parse_warmup(lr_cfg.warmup)
+        except ValueError as e:
+            _fail(f'{key}.warmup', str(e))
+        if lr_cfg.r_schedule is not None:
+            if lr_cfg.r_schedule.name not in R_SCHEDULES:
+                _fail(f'{key}.r_schedule.name', f'{lr_cfg.r_schedule.name!r} is not one of {", ".join(R_SCHEDULES)}.')
+            for name in ('alpha_i', 'alpha_f'):
+                if not lr_cfg.r_schedule[name] > 0:
+                    _fail(f'{key}.r_schedule.{name}', f'must be > 0 (r must stay positive), got {lr_cfg.r_schedule[name]}.')
+            _check_time(f'{key}.r_schedule.t_max', lr_cfg.r_schedule.t_max, (TimeUnit.BATCH, TimeUnit.DURATION))
+
+    for name in cfg.callbacks:
+        if name not in CALLBACKS:
+            _fail(f'callbacks.{name}', f'unknown callback; known: {", ".join(CALLBACKS)}.')
+    for name in cfg.loggers:
+        if name not in LOGGERS:
+            _fail(f'loggers.{name}', f'unknown logger; known: {", ".join(LOGGERS)}.')
+
+    duration_units = (TimeUnit.BATCH, TimeUnit.EPOCH, TimeUnit.TOKEN, TimeUnit.SAMPLE)
+    _check_time('max_duration', cfg.max_duration, duration_units)
+    _check_time('eval_interval', cfg.eval_interval, duration_units + (TimeUnit.DURATION,))
+    _check_time('save_interval', cfg.save_interval, duration_units + (TimeUnit.DURATION,))
+    _check_time('console_log_interval', cfg.console_log_interval, (TimeUnit.BATCH, TimeUnit.EPOCH))
+    if cfg.global_train_batch_size <= 0:
+        _fail('global_train_batch_size', f'must be > 0, got {cfg.global_train_batch_size}.')
+    micro = cfg.device_train_microbatch_size
+    if micro is not None and micro != 'auto':
+        if not isinstance(micro, int) or isinstance(micro, bool) or micro <= 0:
+            _fail('device_train_microbatch_size', f'must be a positive int or "auto", got {micro!r}.')
+        if micro > cfg.global_train_batch_size:
+            _fail(
+                'device_train_microbatch_size',
+                f'{micro} is larger than global_train_batch_size ({cfg.global_train_batch_size}).',
+            )
+    if cfg.precision not in PRECISIONS:
+        _fail('precision', f'{cfg.precision!r} is not one of {", ".join(PRECISIONS)}.')
+    if cfg.device not in DEVICES:
+        _fail('device', f'{cfg.device!r} is not one of {", ".join(DEVICES)}.')
+    if cfg.run_dir is not None:
+        validate_uri('run_dir', cfg.run_dir)
+        if '://' in cfg.run_dir:
+            _fail('run_dir', 'must be a local folder; put object-store URIs in save_folder.')
+    if cfg.save_folder is not None:
+        validate_uri('save_folder', cfg.save_folder)
+    if cfg.history.folder is not None:
+        validate_uri('history.folder', cfg.history.folder)
+        if '://' in cfg.history.folder:
+            _fail('history.folder', 'must be a local folder; parts are uploaded next to a remote save_folder.')
+    _check_time('history.flush_interval', cfg.history.flush_interval, (TimeUnit.BATCH,))
+    if cfg.dist_timeout <= 0:
+        _fail('dist_timeout', f'must be > 0, got {cfg.dist_timeout}.')

@@ -1,0 +1,156 @@
+"""Render an :class:`~reweigh.cli.analysis.Analysis` as PNG plots, CSV/Parquet tables and a Markdown report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.csv as pacsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from reweigh.cli.analysis import Analysis, extreme_samples, most_deprioritised_domain  # noqa: E402
+
+__all__ = ['write_report']
+
+
+def _name(domain_names: Sequence[str], d: int) -> str:
+    return domain_names[d] if 0 <= d < len(domain_names) else f'domain {d}'
+
+
+def _save_table(table: pa.Table, out: Path, stem: str) -> None:
+    pq.write_table(table, out / f'{stem}.parquet', compression='zstd')
+    pacsv.write_csv(table, out / f'{stem}.csv')
+
+
+def _markdown_table(table: pa.Table, columns: Sequence[str], formats: dict[str, str] | None = None) -> str:
+    formats = formats or {}
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    for row in table.select(list(columns)).to_pylist():
+        cells = []
+        for c in columns:
+            v = row[c]
+            cells.append('-' if v is None else (format(v, formats[c]) if c in formats else str(v)))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
+    t = analysis.domain_over_time.to_pydict()
+    fig, (ax_w, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for d in sorted(set(t['domain'])):
+        idx = [i for i, x in enumerate(t['domain']) if x == d]
+        steps = [t['window'][i] for i in idx]
+        ax_w.plot(steps, [t['mean_rel_weight'][i] for i in idx], marker='o', label=_name(names, d))
+        ax_l.plot(steps, [t['mean_loss'][i] for i in idx], marker='o', label=_name(names, d))
+    if analysis.first_active_step is not None:
+        for ax in (ax_w, ax_l):
+            ax.axvline(analysis.first_active_step, color='grey', ls='--', lw=1, label='reweighting starts')
+    ax_w.axhline(1.0, color='black', lw=0.5)
+    ax_w.set(title='mean weight relative to uniform', xlabel='step (window start)', ylabel='weight x batch size')
+    ax_l.set(title='mean per-sample loss', xlabel='step (window start)', ylabel='loss (nats/token)')
+    ax_w.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_quantiles(analysis: Analysis, path: Path) -> None:
+    q = analysis.weight_quantiles.to_pydict()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cols = [c for c in q if c.startswith('q')]
+    for c in cols:
+        ax.plot(q['window'], q[c], marker='.', label=c.replace('q', 'p'))
+    ax.axhline(1.0, color='black', lw=0.5)
+    ax.set(title='distribution of relative weights per step window', xlabel='step (window start)', ylabel='weight x batch size')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_data_map(analysis: Analysis, path: Path) -> None:
+    s = analysis.samples.to_pydict()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    color = [1.0 if c is None else c for c in s['mean_rel_weight']]
+    sc = ax.scatter(s['loss_std'], s['mean_loss'], c=color, cmap='coolwarm', s=8, alpha=0.8)
+    fig.colorbar(sc, ax=ax, label='mean relative weight (reweighted steps)')
+    ax.set(title='data map: one dot per sample', xlabel='loss std across visits', ylabel='mean loss')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    analysis: Analysis,
+    out: str | Path,
+    domain_names: Sequence[str] = (),
+    text_of: Callable[[list[int]], list[str]] | None = None,
+    title: str = 'reweigh loss-history report',
+    k: int = 10,
+) -> Path:
+    """Write plots, tables and ``report.md`` into ``out``; return the report's path.
+
+    Args:
+        analysis (Analysis): From :func:`~reweigh.cli.analysis.analyze_history`.
+        out (str | Path): Output folder (created).
+        domain_names (Sequence[str]): Names by domain index.
+        text_of (Callable, optional): Maps sample ids to their text, for snippets.
+        title (str): Report title.
+        k (int): How many most-deprioritised / most-emphasised samples to list.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = analysis.summary.append_column(
+        'domain_name', pa.array([_name(domain_names, d) for d in analysis.summary['domain'].to_pylist()]),
+    )
+    _save_table(summary, out, 'domain_summary')
+    _save_table(analysis.domain_over_time, out, 'domain_over_time')
+    _save_table(analysis.weight_quantiles, out, 'weight_quantiles')
+    _save_table(analysis.samples, out, 'samples')
+    _plot_domains(analysis, domain_names, out / 'domains_over_time.png')
+    _plot_quantiles(analysis, out / 'weight_distribution.png')
+    _plot_data_map(analysis, out / 'data_map.png')
+
+    lines = [f'# {title}', '']
+    lines.append(
+        f'{analysis.rows:,} rows over {analysis.steps} steps; reweighting active from step '
+        f'{analysis.first_active_step if analysis.first_active_step is not None else "never (uniform run)"}.',
+    )
+    worst = most_deprioritised_domain(analysis.summary)
+    if worst is not None:
+        row = summary.filter(pc.equal(summary['domain'], worst)).to_pylist()[0]
+        lines += ['', f'**Most deprioritised domain: {_name(domain_names, worst)}** (mean weight '
+                  f'{row["mean_rel_weight"]:.3f} x uniform after warm-up; {row["weight_share"]:.1%} of the weight '
+                  f'for {row["row_share"]:.1%} of the rows).']
+    cols = ['domain_name', 'rows', 'samples', 'mean_loss']
+    fmts = {'mean_loss': '.4f', 'mean_rel_weight': '.4f', 'mean_loss_reweighted': '.4f', 'weight_share': '.3f', 'row_share': '.3f'}
+    if analysis.first_active_step is not None:
+        cols += ['mean_loss_reweighted', 'mean_rel_weight', 'weight_share', 'row_share']
+    lines += ['', '## Domains', '', _markdown_table(summary, cols, fmts), '',
+              '![per-domain weight and loss](domains_over_time.png)', '',
+              '## Weight distribution', '', '![weights per window](weight_distribution.png)', '',
+              '## Data map', '', 'Each sample\'s mean loss against its loss variability across visits, coloured '
+              'by its mean weight.', '', '![data map](data_map.png)']
+    low, high = extreme_samples(analysis.samples, k)
+    for heading, table in (('Most deprioritised samples', low), ('Most emphasised samples', high)):
+        if table.num_rows == 0:
+            continue
+        ids = table['sample_id'].to_pylist()
+        texts = text_of(ids) if text_of is not None else [''] * len(ids)
+        snippets = [' '.join(t.split())[:100].replace('|', '\\|') for t in texts]
+        table = table.append_column('domain_name', pa.array([_name(domain_names, d) for d in table['domain'].to_pylist()]))
+        table = table.append_column('text', pa.array(snippets))
+        lines += ['', f'## {heading}', '', _markdown_table(
+            table, ['sample_id', 'domain_name', 'visits', 'mean_loss', 'mean_rel_weight', 'text'],
+            {'mean_loss': '.3f', 'mean_rel_weight': '.3f'},
+        )]
+    lines += ['', 'Tables: `domain_summary`, `domain_over_time`, `weight_quantiles`, `samples` (`.parquet` and `.csv`).', '']
+    report = out / 'report.md'
+    report.write_text('\n'.join(lines))
+    return report

@@ -1,0 +1,122 @@
+"""`reweigh analyze` tables and report on a synthetic history whose answers are known."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reweigh.algorithms import HISTORY_SCHEMA
+from reweigh.cli.analysis import analyze_history, extreme_samples, load_history, most_deprioritised_domain
+from reweigh.cli.report import write_report
+
+STEPS, WARMUP, PER_DOMAIN = 40, 10, 4
+REL = {0: 0.5, 1: 1.0, 2: 1.5}  # relative weight of each domain after warm-up (sums to 3 = domains)
+
+
+def synthetic_history(folder, parts=4):
+    """12 samples per step (4 per domain); sample ids cycle so every sample is visited 10 times.
+
+    Domain d has loss d + 1 (+ a per-sample offset), and after warm-up weight REL[d] / 12.
+    """
+    rows = {name: [] for name in HISTORY_SCHEMA.names}
+    n = 3 * PER_DOMAIN
+    for step in range(STEPS):
+        for j in range(n):
+            domain = j // PER_DOMAIN
+            sample = (step % 4) * n + j  # 48 samples, each seen every 4th step
+            rows['step'].append(step)
+            rows['microbatch'].append(0)
+            rows['rank'].append(j % 2)
+            rows['sample_id'].append(sample)
+            rows['domain'].append(domain)
+            rows['tokens'].append(127)
+            rows['loss'].append(domain + 1 + 0.01 * (j % PER_DOMAIN) + 0.1 * ((step // 4) % 2))
+            active = step >= WARMUP
+            rows['weight'].append((REL[domain] if active else 1.0) / n)
+            rows['r'].append(1.0)
+            rows['active'].append(active)
+    table = pa.Table.from_pydict(rows, schema=HISTORY_SCHEMA)
+    per = STEPS // parts
+    for p in range(parts):
+        part = table.filter(pa.compute.and_(
+            pa.compute.greater_equal(table['step'], p * per), pa.compute.less(table['step'], (p + 1) * per),
+        ))
+        rank_dir = folder / 'rank0'
+        rank_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, rank_dir / f'part-{p * per:09d}-{(p + 1) * per - 1:09d}.parquet')
+    return table
+
+
+def test_domain_summary_has_the_known_answers(tmp_path):
+    table = synthetic_history(tmp_path)
+    analysis = analyze_history(load_history(str(tmp_path)))
+    s = analysis.summary.to_pydict()
+    assert analysis.rows == table.num_rows == STEPS * 12 and analysis.steps == STEPS
+    assert analysis.first_active_step == WARMUP
+    assert s['domain'] == [0, 1, 2]
+    assert s['rows'] == [STEPS * PER_DOMAIN] * 3
+    assert s['samples'] == [16, 16, 16]
+    assert s['mean_rel_weight'] == pytest.approx([0.5, 1.0, 1.5])
+    assert s['weight_share'] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert s['row_share'] == pytest.approx([1 / 3] * 3)
+    assert s['mean_loss'] == pytest.approx([d + 1 + 0.015 + 0.05 for d in range(3)])
+    assert most_deprioritised_domain(analysis.summary) == 0
+
+
+def test_over_time_quantiles_and_samples(tmp_path):
+    synthetic_history(tmp_path)
+    analysis = analyze_history(load_history(str(tmp_path)), windows=4)
+    t = analysis.domain_over_time.to_pydict()
+    assert sorted(set(t['window'])) == [0, 10, 20, 30]
+    # window 0 is the warm-up: uniform; later windows carry the domain's weight
+    for w, d, rel in zip(t['window'], t['domain'], t['mean_rel_weight']):
+        assert rel == pytest.approx(1.0 if w == 0 else REL[d])
+    q = analysis.weight_quantiles.to_pydict()
+    assert q['window'] == [10, 20, 30] and q['q05'] == pytest.approx([0.5] * 3) and q['q95'] == pytest.approx([1.5] * 3)
+    samples = analysis.samples.to_pydict()
+    assert len(samples['sample_id']) == 48 and set(samples['visits']) == {10}
+    assert samples['loss_std'][0] == pytest.approx(0.05)  # alternates +0 / +0.1
+    low, high = extreme_samples(analysis.samples, k=3)
+    assert set(low['domain'].to_pylist()) == {0} and set(high['domain'].to_pylist()) == {2}
+
+
+def test_truncated_part_is_skipped_with_a_warning(tmp_path):
+    synthetic_history(tmp_path)
+    victim = sorted((tmp_path / 'rank0').glob('part-*.parquet'))[-1]
+    victim.write_bytes(victim.read_bytes()[:100])  # what a crash mid-write of a non-atomic writer leaves
+    with pytest.warns(UserWarning, match='skipping unreadable history part'):
+        table = load_history(str(tmp_path))
+    assert table.num_rows == 30 * 12
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no loss-history part files'):
+        load_history(str(tmp_path))
+
+
+def test_uniform_run_reports_no_reweighting(tmp_path):
+    table = synthetic_history(tmp_path)
+    uniform = table.set_column(table.schema.get_field_index('active'), 'active', pa.array([False] * table.num_rows))
+    analysis = analyze_history(uniform)
+    assert analysis.first_active_step is None and most_deprioritised_domain(analysis.summary) is None
+    report = write_report(analysis, tmp_path / 'out', ['code', 'docs', 'boilerplate'])
+    assert 'never (uniform run)' in report.read_text()
+
+
+def test_report_files_and_contents(tmp_path):
+    synthetic_history(tmp_path / 'history')
+    analysis = analyze_history(load_history(str(tmp_path / 'history')))
+    report = write_report(
+        analysis, tmp_path / 'out', ['code', 'docs', 'boilerplate'], text_of=lambda ids: [f'text of {i}' for i in ids],
+    )
+    out = tmp_path / 'out'
+    for name in ('report.md', 'domains_over_time.png', 'weight_distribution.png', 'data_map.png',
+                 'domain_summary.csv', 'domain_summary.parquet', 'samples.parquet', 'weight_quantiles.csv'):
+        assert (out / name).stat().st_size > 0, name
+    text = report.read_text()
+    assert '**Most deprioritised domain: code** (mean weight 0.500 x uniform' in text
+    assert '| code | 160 | 16 |' in text
+    assert 'text of 0' in text  # a domain-0 sample is among the most deprioritised
+    summary = pq.read_table(out / 'domain_summary.parquet').to_pydict()
+    assert summary['domain_name'] == ['code', 'docs', 'boilerplate']
+    assert np.allclose(summary['mean_rel_weight'], [0.5, 1.0, 1.5])

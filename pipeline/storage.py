@@ -1,0 +1,86 @@
+"""Local paths and object-store URIs (``s3://``, ``gs://``, any Streaming remote), through Streaming's clients.
+
+Example:
+    >>> is_remote('s3://bucket/data'), is_remote('/tmp/data')
+    (True, False)
+    >>> join('s3://bucket/data', 'train', 'code')
+    's3://bucket/data/train/code'
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import urllib.parse
+
+__all__ = ['check_writable', 'download', 'is_remote', 'join', 'upload']
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an object-store URI (has a scheme other than ``file``)."""
+    scheme = urllib.parse.urlparse(str(path)).scheme
+    return len(scheme) > 1 and scheme != 'file'
+
+
+def join(root: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or a URI."""
+    root = str(root)
+    return posixpath.join(root, *parts) if is_remote(root) else os.path.join(root, *parts)
+
+
+def download(remote: str, local: str, timeout: float = 60.0) -> None:
+    """Download one object to ``local`` (overwriting it), with Streaming's downloader for the scheme.
+
+    Raises:
+        FileNotFoundError: If the object does not exist.
+        ValueError: If the store cannot be reached or read (the message names ``remote``).
+    """
+    from streaming.base.storage import CloudDownloader
+
+    if os.path.exists(local):
+        os.remove(local)
+    try:
+        CloudDownloader.direct_download(remote, local, timeout)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        message = str(e).lower()
+        if 'nosuchkey' in message or '404' in message or 'not found' in message:
+            raise FileNotFoundError(f'{remote} does not exist') from e
+        raise ValueError(f'cannot read {remote}: {type(e).__name__}: {e}') from e
+
+
+def upload(local_root: str, remote_root: str, relative_paths: list[str]) -> None:
+    """Upload files ``local_root/p`` to ``remote_root/p`` with Streaming's uploader for the scheme.
+
+    Raises:
+        ValueError: If the remote is unreachable or not writable (the message names ``remote_root``).
+    """
+    try:
+        uploader = _uploader(local_root, remote_root)
+        for rel in relative_paths:
+            uploader.upload_file(rel)
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot write to {remote_root}: {type(e).__name__}: {e}') from e
+
+
+def check_writable(remote_root: str, staging: str) -> None:
+    """Fail early when ``remote_root``'s bucket is missing or the store is unreachable.
+
+    Raises:
+        ValueError: The message names ``remote_root`` and the cause.
+    """
+    try:
+        _uploader(staging, remote_root)
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'remote {remote_root} is unreachable or not writable: {type(e).__name__}: {e}') from e
+
+
+def _uploader(local_root: str, remote_root: str):
+    import logging
+
+    from streaming.base.storage import CloudUploader
+
+    # Staging folders are expected to hold files; silence Streaming's "exists and not empty" warning.
+    logging.getLogger('streaming.base.storage.upload').setLevel(logging.ERROR)
+    return CloudUploader.get(out=(local_root, remote_root), keep_local=True, exist_ok=True)

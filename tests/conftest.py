@@ -1,0 +1,54 @@
+"""Shared fixtures: a small prepared default corpus, Streaming shared-memory hygiene, a loopback S3 endpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+SMALL = dict(max_bytes_per_domain=40_000, vocab_size=512, seq_len=64, shard_size_limit=1 << 13, progress=False)
+"""Settings of the session's small default dataset: several shards per stream, ~1000 sequences in all."""
+
+
+@pytest.fixture(scope='session')
+def streaming_shm():
+    """Remove Streaming shared memory leaked by earlier, crashed runs (keyed by their local folders), once.
+
+    ``clean_stale_shared_memory`` unlinks every Streaming segment on the machine, so it runs once per
+    session, not per test; within a session each test gives its datasets their own local folders, and
+    two sessions of these tests must not run on one machine at the same time.
+    """
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    yield
+
+
+@pytest.fixture(scope='session')
+def small_dataset(tmp_path_factory):
+    """A small default-corpus dataset, prepared once per session; treat it as read-only."""
+    from reweigh.pipeline import prepare_default_corpus
+
+    root = tmp_path_factory.mktemp('small-default') / 'data'
+    result = prepare_default_corpus(root, **SMALL)
+    return root, result
+
+
+@pytest.fixture(scope='session')
+def s3_endpoint():
+    """URL of a loopback moto S3 server with bucket ``reweigh``, for the session."""
+    pytest.importorskip('moto')
+    from reweigh.pipeline.s3_emulator import s3_emulator
+
+    with s3_emulator(buckets=['reweigh']) as url:
+        yield url
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """Point S3 clients (Streaming's, boto3) at the emulator for one test; yields the endpoint URL."""
+    from reweigh.pipeline.s3_emulator import emulator_env
+
+    for key in ('AWS_PROFILE', 'AWS_SESSION_TOKEN', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in emulator_env(s3_endpoint).items():
+        monkeypatch.setenv(key, value)
+    return s3_endpoint

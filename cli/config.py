@@ -247,6 +247,11 @@ def validate_uri(key: str, value: str) -> str:
     return value
 
 
+def _prepared_by_train_loader(cfg: Any, ds: Any) -> bool:
+    train = cfg.train_loader.dataset
+    return ds is not train and train.prepare_default and train.remote is None and ds.local == train.local
+
+
 def _validate(cfg: Any) -> None:
     """Checks OmegaConf's type system cannot express."""
     from reweigh.algorithms.causal_lm import _FAMILIES  # the families build_causal_lm knows
@@ -271,7 +276,7 @@ def _validate(cfg: Any) -> None:
             _fail(f'{loader_key}.dataset.local', 'must be a local folder; put object-store URIs in "remote".')
         if ds.remote is not None:
             validate_uri(f'{loader_key}.dataset.remote', ds.remote)
-        elif not Path(ds.local).exists() and not ds.prepare_default:
+        elif not Path(ds.local).exists() and not ds.prepare_default and not _prepared_by_train_loader(cfg, ds):
             _fail(f'{loader_key}.dataset.local', f'{ds.local!r} does not exist (set remote, or prepare_default: true).')
         for name, p in (ds.proportions or {}).items():
             if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 0):

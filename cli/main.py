@@ -7,9 +7,9 @@ import sys
 from importlib.metadata import version
 from typing import Sequence
 
-from reweigh.cli import weights_cmd
+from reweigh.cli import analyze_cmd, prepare_cmd, train, weights_cmd
 
-_SUBCOMMANDS = (weights_cmd,)
+_SUBCOMMANDS = (weights_cmd, prepare_cmd, train, analyze_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

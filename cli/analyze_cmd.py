@@ -1,0 +1,77 @@
+"""``reweigh analyze RUN_DIR_OR_URI``: which samples and domains did training deprioritise, and when?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from reweigh.cli.analysis import analyze_history, load_history, most_deprioritised_domain
+from reweigh.cli.report import write_report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'analyze',
+        help='turn a run\'s loss history into tables, plots and a report',
+        description='Read a run\'s per-sample loss history (Parquet) and write a Markdown report with PNG plots '
+        'and the tables as Parquet/CSV. RUN is a run folder of `reweigh train` (holding summary.json and '
+        'history/), a history folder, or an object-store URI of one (s3://, gs://). '
+        'Example: reweigh analyze runs/tiny-cpu',
+    )
+    p.add_argument('target', metavar='RUN_DIR_OR_URI')
+    p.add_argument('--out', help='output folder (default: RUN/analysis, or ./analysis for a URI)')
+    p.add_argument('--dataset', help='prepared dataset root, for domain names and text snippets '
+                   '(default: the one recorded in RUN/summary.json)')
+    p.add_argument('--dataset-cache', help='local cache folder for a remote --dataset')
+    p.add_argument('--windows', type=int, default=10, help='number of step windows for the over-time tables')
+    p.add_argument('--top', type=int, default=10, help='how many most deprioritised/emphasised samples to list')
+    p.set_defaults(run=run)
+
+
+def _locate(run_arg: str) -> tuple[str, dict]:
+    """The history path and the run's summary (``{}`` if none) for a run folder, history folder or URI."""
+    if '://' in run_arg:
+        return run_arg.rstrip('/') + ('' if run_arg.rstrip('/').endswith('/history') else '/history'), {}
+    path = Path(run_arg)
+    if not path.exists():
+        raise FileNotFoundError(f'{run_arg!r} does not exist.')
+    summary_file = path / 'summary.json'
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if summary.get('history'):
+        return summary['history'], summary
+    return str(path / 'history') if (path / 'history').is_dir() else str(path), summary
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.windows <= 0 or args.top < 0:
+        raise ValueError('--windows must be > 0 and --top >= 0.')
+    history, summary = _locate(args.target)
+    start = time.perf_counter()
+    table = load_history(history)
+    analysis = analyze_history(table, windows=args.windows)
+    elapsed = time.perf_counter() - start
+    names: list[str] = []
+    text_of = None
+    dataset = args.dataset or summary.get('dataset')
+    if dataset:
+        from reweigh.pipeline import SampleLookup
+
+        lookup = SampleLookup(dataset, args.dataset_cache or summary.get('dataset_cache'))
+        names = lookup.domain_names_by_index
+
+        def text_of(ids: list[int]) -> list[str]:
+            return [lookup.text(i) for i in ids]
+
+    out = Path(args.out) if args.out else (Path('analysis') if '://' in args.target else Path(args.target) / 'analysis')
+    report = write_report(
+        analysis, out, names, text_of, title=f'reweigh loss history: {summary.get("run_name", args.target)}', k=args.top,
+    )
+    print(f'reweigh analyze: {analysis.rows:,} rows over {analysis.steps} steps analysed in {elapsed:.2f} s '
+          f'({analysis.rows / max(elapsed, 1e-9):,.0f} rows/s)')
+    worst = most_deprioritised_domain(analysis.summary)
+    if worst is not None:
+        print(f'  most deprioritised domain: {names[worst] if worst < len(names) else worst}')
+    print(f'  report: {report}')
+    return 0

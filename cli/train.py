@@ -1,0 +1,197 @@
+"""``reweigh train``: run a YAML training config with Composer.
+
+Also runnable as a module, which is how Composer's launcher starts one process per rank::
+
+    composer -n 2 -m reweigh.cli.train yamls/tiny-cpu.yaml max_duration=20ba
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from composer import Trainer
+from composer.core import Evaluator
+from composer.utils import dist, reproducibility
+
+from reweigh.algorithms import LossHistory, LossReweighting
+from reweigh.cli import data
+from reweigh.cli.builders import (
+    build_algorithms,
+    build_callbacks,
+    build_loggers,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+)
+from reweigh.cli.config import ConfigError, load_config
+from reweigh.cli.resume import RestoreRngOnResume
+
+__all__ = ['main', 'train']
+
+
+def _world_size() -> int:
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Train as ``cfg`` says and return a summary (paths and final evaluation metrics).
+
+    Args:
+        cfg: A config from :func:`reweigh.cli.config.load_config`.
+
+    Returns:
+        dict: ``run_dir``, ``save_folder``, ``history``, ``steps`` and ``eval`` (metric name to value).
+
+    Raises:
+        ConfigError: For settings that turn out impossible once the data is known.
+    """
+    world = _world_size()
+    if cfg.global_train_batch_size % world:
+        raise ConfigError(
+            f"config key 'global_train_batch_size': {cfg.global_train_batch_size} is not divisible by the "
+            f'world size ({world}).',
+        )
+    device_batch = cfg.global_train_batch_size // world
+    micro = cfg.device_train_microbatch_size
+    if isinstance(micro, int) and micro > device_batch:
+        raise ConfigError(
+            f"config key 'device_train_microbatch_size': {micro} is larger than the per-device batch "
+            f'({device_batch} = {cfg.global_train_batch_size} / {world} ranks).',
+        )
+    run_dir = Path(cfg.run_dir or f'runs/{cfg.run_name}')
+    save_folder = cfg.save_folder or str(run_dir / 'checkpoints')
+    reproducibility.seed_all(cfg.seed)
+
+    dataset = data.prepare_if_needed(cfg)
+    tokenizer = data.load_tokenizer(cfg, dataset)
+    model = build_model(cfg, vocab_size=len(tokenizer), tokenizer=tokenizer)
+    train_loader = data.build_train_loader(cfg, dataset, device_batch)
+    evaluators = [
+        Evaluator(label=f'val/{name}', dataloader=loader, metric_names=['LanguageCrossEntropy', 'LanguagePerplexity'])
+        for name, loader in data.build_eval_loaders(cfg, dataset, device_batch).items()
+    ]
+
+    algorithms = build_algorithms(cfg)
+    callbacks = [*build_callbacks(cfg), RestoreRngOnResume()]
+    history_folder = None
+    if cfg.history.enabled:
+        if not any(isinstance(a, LossReweighting) for a in algorithms):
+            algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
+        history_folder = cfg.history.folder or str(run_dir / 'history')
+        upload = f'{_bucket_path(save_folder).rsplit("/", 1)[0]}/history' if '://' in save_folder else None
+        callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_prefix=upload))
+
+    device = cfg.device if cfg.device != 'auto' else ('gpu' if torch.cuda.is_available() else 'cpu')
+    parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
+    trainer = Trainer(
+        run_name=cfg.run_name,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=evaluators or None,
+        eval_interval=cfg.eval_interval,
+        max_duration=cfg.max_duration,
+        optimizers=build_optimizer(cfg, model),
+        schedulers=build_scheduler(cfg),
+        algorithms=algorithms,
+        callbacks=callbacks,
+        loggers=build_loggers(cfg),
+        precision=cfg.precision,
+        device=device,
+        device_train_microbatch_size=micro if micro is not None else device_batch,
+        save_folder=save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=not cfg.autoresume,
+        autoresume=cfg.autoresume,
+        seed=cfg.seed,
+        progress_bar=cfg.progress_bar,
+        log_to_console=not cfg.progress_bar,
+        console_log_interval=cfg.console_log_interval,
+        parallelism_config=parallelism,
+        dist_timeout=cfg.dist_timeout,
+    )
+    summary_file = run_dir / 'summary.json'
+    try:
+        if trainer.state.timestamp >= trainer.state.max_duration:
+            print(f'reweigh train: {cfg.run_name} already trained for {cfg.max_duration}; nothing to do.')
+            metrics = json.loads(summary_file.read_text())['eval'] if summary_file.is_file() else {}
+        else:
+            trainer.fit()
+            metrics = {
+                f'{label}/{name}': float(metric.compute())
+                for label, group in trainer.state.eval_metrics.items()
+                for name, metric in group.items()
+            }
+    finally:
+        trainer.close()
+    summary = {
+        'run_name': cfg.run_name,
+        'run_dir': str(run_dir),
+        'save_folder': save_folder,
+        'history': history_folder,
+        'dataset': dataset.root,
+        'dataset_cache': dataset.cache,
+        'steps': int(trainer.state.timestamp.batch.value),
+        'eval': metrics,
+    }
+    if dist.get_global_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        summary_file.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _bucket_path(uri: str) -> str:
+    """``'s3://bucket/a/b'`` -> ``'a/b'``: object names inside the bucket, as Composer's uploaders use."""
+    return uri.split('://', 1)[1].split('/', 1)[1] if '/' in uri.split('://', 1)[1] else ''
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'train',
+        help='train from a YAML config',
+        description='Train a model from a YAML config (llm-foundry style) with Composer. '
+        'Example: reweigh train yamls/tiny-cpu.yaml max_duration=50ba algorithms.loss_reweighting.r=0.5',
+    )
+    p.add_argument('config', help='YAML training config')
+    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='dotted overrides, e.g. max_duration=20ba')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = train(load_config(args.config, args.overrides))
+    if dist.get_global_rank() == 0:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nreweigh train: finished {summary['run_name']} after {summary['steps']} steps")
+    print(f"  checkpoints:  {summary['save_folder']}")
+    if summary['history']:
+        print(f"  loss history: {summary['history']}  (open with pyarrow.dataset; `reweigh analyze {summary['run_dir']}`)")
+    print(f"  summary:      {summary['run_dir']}/summary.json")
+    for name, value in sorted(summary['eval'].items()):
+        print(f'  {name}: {value:.4f}')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m reweigh.cli.train CONFIG [KEY=VALUE ...]`` (what Composer's launcher runs per rank)."""
+    parser = argparse.ArgumentParser(prog='reweigh.cli.train')
+    parser.add_argument('config')
+    parser.add_argument('overrides', nargs='*')
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as e:
+        print(f'reweigh train: error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""`reweigh train` end to end on the small default corpus, and kill -9 / autoresume equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from reweigh.cli.main import main
+
+TINY_CPU = Path(__file__).resolve().parents[1] / 'yamls' / 'tiny-cpu.yaml'
+
+
+def _overrides(data_root, run_dir, **extra):
+    values = {
+        'run_dir': str(run_dir),
+        'save_folder': str(run_dir / 'checkpoints'),
+        'history.folder': str(run_dir / 'history'),
+        'loggers': '{}',
+        'callbacks': '{}',
+        'train_loader.dataset.local': str(data_root),
+        'train_loader.dataset.prepare_default': 'false',
+        'eval_loader.dataset.local': str(data_root),
+        'model.config': '{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}',
+        'global_train_batch_size': '8',
+        'device_train_microbatch_size': '8',
+        'algorithms.loss_reweighting.warmup': '2ba',
+        'history.flush_interval': '2ba',
+        'progress_bar': 'false',
+        'max_duration': '6ba',
+        'eval_interval': '3ba',
+        'save_interval': '3ba',
+    }
+    values.update(extra)
+    return [f'{k}={v}' for k, v in values.items()]
+
+
+def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys):
+    data_root, prepared = small_dataset
+    run_dir = tmp_path / 'run'
+    assert main(['train', str(TINY_CPU), *_overrides(data_root, run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert 'reweigh train: finished tiny-cpu after 6 steps' in out
+
+    summary = json.loads((run_dir / 'summary.json').read_text())
+    domains = prepared.manifest.domain_names
+    assert summary['steps'] == 6 and summary['dataset'] == str(data_root)
+    for d in domains:
+        assert summary['eval'][f'val/{d}/LanguageCrossEntropy'] > 0
+    assert {p.name for p in (run_dir / 'checkpoints').iterdir()} >= {'ep0-ba3-rank0.pt', 'ep0-ba6-rank0.pt'}
+
+    table = pads.dataset(str(run_dir / 'history'), format='parquet').to_table().to_pandas()
+    assert len(table) == 6 * 8
+    assert sorted(table.step.unique()) == list(range(6))
+    assert table.groupby('step').active.first().tolist() == [False, False, True, True, True, True]
+    assert table.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0] * 6, abs=1e-6)
+    assert set(table.domain) <= set(range(len(domains)))
+
+    assert main(['analyze', str(run_dir)]) == 0
+    report = (run_dir / 'analysis' / 'report.md').read_text()
+    assert 'Most deprioritised domain:' in report and all(d in report for d in domains)
+
+
+def test_config_errors_exit_2_and_name_the_key(small_dataset, tmp_path, capsys):
+    data_root, _ = small_dataset
+    code = main(['train', str(TINY_CPU), *_overrides(data_root, tmp_path, device_train_microbatch_size='64')])
+    assert code == 2
+    assert "config key 'device_train_microbatch_size': 64 is larger than global_train_batch_size" in capsys.readouterr().err
+
+
+def test_missing_dataset_without_prepare_default_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    code = main(['train', str(TINY_CPU), *_overrides(tmp_path / 'empty', tmp_path / 'run')])
+    assert code == 2
+    assert 'no prepared dataset' in capsys.readouterr().err
+
+
+def _train_process(overrides, env):
+    return subprocess.Popen(
+        [sys.executable, '-m', 'reweigh.cli.train', str(TINY_CPU), *overrides],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def _final_state(run_dir):
+    ckpt = torch.load(run_dir / 'checkpoints' / 'latest-rank0.pt', map_location='cpu', weights_only=False)
+    model = ckpt['state']['model']
+    history = pads.dataset(str(run_dir / 'history'), format='parquet').to_table()
+    return model, history.sort_by([('step', 'ascending'), ('sample_id', 'ascending')]).to_pandas()
+
+
+def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, tmp_path):
+    data_root, _ = small_dataset
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    common = dict(max_duration='30ba', save_interval='5ba', eval_interval='30ba')
+
+    straight_dir = tmp_path / 'straight'
+    straight = _train_process(_overrides(data_root, straight_dir, run_name='straight', **common), env)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-3000:]
+
+    run_dir = tmp_path / 'killed'
+    command = _overrides(data_root, run_dir, run_name='killed', **common)
+    victim = _train_process(command, env)
+    first_checkpoint = run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt'
+    deadline = time.monotonic() + 600
+    while not first_checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, 'the run finished before it could be killed'
+
+    resumed = _train_process(command, env)  # the very same command
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+
+    straight_model, straight_history = _final_state(straight_dir)
+    model, history = _final_state(run_dir)
+    assert straight_model.keys() == model.keys()
+    for k in model:
+        torch.testing.assert_close(model[k], straight_model[k])
+    assert len(history) == 30 * 8
+    assert history.step.tolist() == straight_history.step.tolist()
+    assert history.sample_id.tolist() == straight_history.sample_id.tolist()
+    for column in ('loss', 'weight'):
+        assert history[column].to_numpy() == pytest.approx(straight_history[column].to_numpy(), rel=1e-5, abs=1e-7)

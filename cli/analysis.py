@@ -9,6 +9,7 @@ training", 0.5 "half as much".
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +37,7 @@ def load_history(path: str, filesystem: pafs.FileSystem | None = None) -> pa.Tab
         FileNotFoundError: If ``path`` holds no part files.
     """
     if filesystem is None:
-        filesystem, path = pafs.FileSystem.from_uri(path) if '://' in path else (pafs.LocalFileSystem(), path)
+        filesystem, path = _filesystem(path)
     selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
     files = sorted(
         info.path for info in filesystem.get_file_info(selector)
@@ -53,6 +54,20 @@ def load_history(path: str, filesystem: pafs.FileSystem | None = None) -> pa.Tab
         except (pa.ArrowException, OSError) as e:
             warnings.warn(f'skipping unreadable history part {f}: {e}')
     return pads.dataset(readable, schema=HISTORY_SCHEMA, format='parquet', filesystem=filesystem).to_table()
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for a local path or URI; ``s3://`` honours ``S3_ENDPOINT_URL`` as Streaming does.
+
+    Credentials come from the environment or the standard cloud config files, as pyarrow reads them.
+    """
+    if '://' not in path:
+        return pafs.LocalFileSystem(), path
+    endpoint = os.environ.get('S3_ENDPOINT_URL')
+    if path.startswith('s3://') and endpoint:
+        scheme, _, host = endpoint.partition('://')
+        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme), path[len('s3://'):]
+    return pafs.FileSystem.from_uri(path)
 
 
 class Analysis(NamedTuple):

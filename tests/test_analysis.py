@@ -120,3 +120,19 @@ def test_report_files_and_contents(tmp_path):
     summary = pq.read_table(out / 'domain_summary.parquet').to_pydict()
     assert summary['domain_name'] == ['code', 'docs', 'boilerplate']
     assert np.allclose(summary['mean_rel_weight'], [0.5, 1.0, 1.5])
+
+
+def test_analyze_a_history_in_object_storage(tmp_path, s3_env, capsys):
+    import boto3
+
+    from reweigh.cli.main import main
+
+    table = synthetic_history(tmp_path / 'history')
+    client = boto3.client('s3', endpoint_url=s3_env)
+    for part in sorted((tmp_path / 'history' / 'rank0').iterdir()):
+        client.upload_file(str(part), 'reweigh', f'runs/toy/history/rank0/{part.name}')
+    remote = load_history('s3://reweigh/runs/toy/history')
+    assert remote.sort_by('step').equals(table.sort_by('step'))
+    assert main(['analyze', 's3://reweigh/runs/toy', '--out', str(tmp_path / 'out')]) == 0
+    assert 'most deprioritised domain: 0' in capsys.readouterr().out
+    assert (tmp_path / 'out' / 'report.md').is_file()

@@ -29,7 +29,6 @@ def _overrides(data_root, run_dir, **extra):
         'eval_loader.dataset.local': str(data_root),
         'model.config': '{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}',
         'global_train_batch_size': '8',
-        'device_train_microbatch_size': '8',
         'algorithms.loss_reweighting.warmup': '2ba',
         'history.flush_interval': '2ba',
         'progress_bar': 'false',
@@ -127,3 +126,45 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dat
     assert history.sample_id.tolist() == straight_history.sample_id.tolist()
     for column in ('loss', 'weight'):
         assert history[column].to_numpy() == pytest.approx(straight_history[column].to_numpy(), rel=1e-5, abs=1e-7)
+
+
+def _history(run_dir):
+    table = pads.dataset(str(run_dir / 'history'), format='parquet').to_table()
+    return table.sort_by([('step', 'ascending'), ('sample_id', 'ascending')]).to_pandas()
+
+
+def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, tmp_path):
+    """`composer -n 2 -m reweigh.cli.train ...` (gloo): same samples per step and same weights as one rank."""
+    data_root, _ = small_dataset
+    no_dropout = '{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0}'
+    common = {'model.config': no_dropout, 'max_duration': '6ba', 'eval_interval': '6ba', 'save_interval': '6ba'}
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+
+    one = _train_process(_overrides(data_root, tmp_path / 'one', run_name='one', **common), env)
+    assert one.wait(timeout=600) == 0, one.stderr.read().decode()[-3000:]
+    launcher = Path(sys.executable).parent / 'composer'
+    two = subprocess.run(
+        [str(launcher), '-n', '2', '--master_port', str(_free_port()), '--stdout', str(tmp_path / 'rank{rank}.out'),
+         '--stderr', str(tmp_path / 'rank{rank}.err'), '-m', 'reweigh.cli.train', str(TINY_CPU),
+         *_overrides(data_root, tmp_path / 'two', run_name='two', **common)],
+        env=env, capture_output=True, timeout=600,
+    )
+    logs = ''.join(p.read_text()[-2000:] for p in tmp_path.glob('rank*.err'))
+    assert two.returncode == 0, two.stderr.decode()[-2000:] + logs
+
+    assert sorted(p.name for p in (tmp_path / 'two' / 'history').iterdir()) == ['rank0', 'rank1']
+    single, double = _history(tmp_path / 'one'), _history(tmp_path / 'two')
+    assert len(double) == len(single) == 6 * 8
+    assert set(double['rank']) == {0, 1} and (double.groupby('step')['rank'].nunique() == 2).all()
+    assert double.step.tolist() == single.step.tolist()
+    assert double.sample_id.tolist() == single.sample_id.tolist()
+    assert double.weight.to_numpy() == pytest.approx(single.weight.to_numpy(), rel=1e-4, abs=1e-6)
+    assert double.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0] * 6, abs=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

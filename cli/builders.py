@@ -106,15 +106,12 @@ _CALLBACKS = {
 }
 
 
-def build_callbacks(cfg: Any, extra: dict[str, type] | None = None) -> list[Callback]:
-    """Composer callbacks named under ``callbacks:``, each built with its mapping as keyword arguments."""
-    known = {**_CALLBACKS, **(extra or {})}
+def build_callbacks(cfg: Any) -> list[Callback]:
+    """Composer callbacks named under ``callbacks:`` (validated names), built with their mapping as kwargs."""
     out = []
     for name, kwargs in cfg.callbacks.items():
-        if name not in known:
-            continue
         try:
-            out.append(known[name](**_plain(kwargs)))
+            out.append(_CALLBACKS[name](**_plain(kwargs)))
         except TypeError as e:
             raise ConfigError(f"config key 'callbacks.{name}': {e}") from e
     return out

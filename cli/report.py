@@ -40,6 +40,12 @@ def _markdown_table(table: pa.Table, columns: Sequence[str], formats: dict[str, 
     return '\n'.join(lines)
 
 
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
     t = analysis.domain_over_time.to_pydict()
     fig, (ax_w, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
@@ -55,9 +61,7 @@ def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
     ax_w.set(title='mean weight relative to uniform', xlabel='step (window start)', ylabel='weight x batch size')
     ax_l.set(title='mean per-sample loss', xlabel='step (window start)', ylabel='loss (nats/token)')
     ax_w.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_quantiles(analysis: Analysis, path: Path) -> None:
@@ -69,9 +73,7 @@ def _plot_quantiles(analysis: Analysis, path: Path) -> None:
     ax.axhline(1.0, color='black', lw=0.5)
     ax.set(title='distribution of relative weights per step window', xlabel='step (window start)', ylabel='weight x batch size')
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_data_map(analysis: Analysis, path: Path) -> None:
@@ -81,9 +83,7 @@ def _plot_data_map(analysis: Analysis, path: Path) -> None:
     sc = ax.scatter(s['loss_std'], s['mean_loss'], c=color, cmap='coolwarm', s=8, alpha=0.8)
     fig.colorbar(sc, ax=ax, label='mean relative weight (reweighted steps)')
     ax.set(title='data map: one dot per sample', xlabel='loss std across visits', ylabel='mean loss')
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_report(

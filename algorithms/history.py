@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 import torch
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
-from composer.utils import dist
+from composer.utils import dist, parse_uri
+from composer.utils.remote_uploader import RemoteUploader
 
 from reweigh.algorithms.loss_reweighting import LossReweighting
 
@@ -226,9 +227,10 @@ class LossHistory(Callback):
         flush_interval (str | int): Batches between part files (``'100ba'`` or 100). Default: ``'100ba'``.
         max_queued_chunks (int): Bound on microbatches waiting for the writer; training blocks (rather
             than growing memory) if the disk cannot keep up. Default: ``4096``.
-        upload_prefix (str, optional): If set, every finished part file is also handed to the run's
-            remote uploaders (e.g. the ``RemoteUploaderDownloader`` Composer creates for a remote
-            ``save_folder``) as ``{upload_prefix}/rank{N}/{file}``; ``{run_name}`` is filled in.
+        upload_to (str, optional): An object-store folder (``s3://bucket/runs/{run_name}/history``,
+            ``gs://...``, any URI Composer's ``RemoteUploader`` takes); if set, every finished part file is
+            also uploaded there, in the background, as ``{upload_to}/rank{N}/{file}``. Credentials come
+            from the environment or the standard cloud config files.
 
     Example:
         >>> from reweigh.algorithms import LossHistory, LossReweighting
@@ -242,7 +244,7 @@ class LossHistory(Callback):
         folder: str = '{run_name}/history',
         flush_interval: str | int = '100ba',
         max_queued_chunks: int = 4096,
-        upload_prefix: str | None = None,
+        upload_to: str | None = None,
     ) -> None:
         interval = Time(flush_interval, TimeUnit.BATCH) if isinstance(flush_interval, int) else Time.from_timestring(
             str(flush_interval),
@@ -254,7 +256,9 @@ class LossHistory(Callback):
         self.folder_template = folder
         self.flush_every = int(interval.value)
         self.max_queued_chunks = max_queued_chunks
-        self.upload_prefix = upload_prefix
+        self.upload_to = upload_to
+        self._uploader: RemoteUploader | None = None
+        self._remote_path = ''
         self.folder: Path | None = None
         self._algorithm: LossReweighting | None = None
         self._writer: _Writer | None = None
@@ -287,6 +291,11 @@ class LossHistory(Callback):
         self._writer = _Writer(
             self.folder, rank, {k.encode(): v.encode() for k, v in metadata.items()}, self.max_queued_chunks,
         )
+        if self.upload_to is not None:
+            remote = self.upload_to.format(run_name=state.run_name).rstrip('/')
+            self._remote_path = parse_uri(remote)[2].rstrip('/')
+            self._uploader = RemoteUploader(remote)
+            self._uploaded = 0
 
     def batch_start(self, state: State, logger: Logger) -> None:
         self._microbatch = 0
@@ -338,14 +347,18 @@ class LossHistory(Callback):
             self._writer.close()
             self._upload_finished(state, logger)
             self._writer = None
+        if self._uploader is not None:
+            self._uploader.wait_and_close()
+            self._uploader = None
 
     def _upload_finished(self, state: State, logger: Logger) -> None:
-        if self.upload_prefix is None or self._writer is None:
+        if self._uploader is None or self._writer is None:
             return
+        self._uploader.check_workers()  # raises if an earlier upload failed
         finished = self._writer.finished
-        prefix = self.upload_prefix.format(run_name=state.run_name).rstrip('/')
         for path in finished[self._uploaded:]:
-            logger.upload_file(f'{prefix}/{path.parent.name}/{path.name}', path, overwrite=True)
+            name = f'{path.parent.name}/{path.name}'
+            self._uploader.upload_file_async(f'{self._remote_path}/{name}' if self._remote_path else name, path, True)
         self._uploaded = len(finished)
 
 

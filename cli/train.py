@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from composer import Trainer
 from composer.core import Evaluator
-from composer.utils import dist, reproducibility
+from composer.utils import dist, parse_uri, reproducibility
 
 from reweigh.algorithms import LossHistory, LossReweighting
 from reweigh.cli import data
@@ -84,8 +84,8 @@ def train(cfg: Any) -> dict[str, Any]:
         if not any(isinstance(a, LossReweighting) for a in algorithms):
             algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
         history_folder = cfg.history.folder or str(run_dir / 'history')
-        upload = f'{_bucket_path(save_folder).rsplit("/", 1)[0]}/history' if '://' in save_folder else None
-        callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_prefix=upload))
+        upload = _history_next_to(save_folder) if '://' in save_folder else None
+        callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload))
 
     device = cfg.device if cfg.device != 'auto' else ('gpu' if torch.cuda.is_available() else 'cpu')
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
@@ -133,7 +133,7 @@ def train(cfg: Any) -> dict[str, Any]:
     summary = {
         'run_name': cfg.run_name,
         'run_dir': str(run_dir),
-        'save_folder': save_folder,
+        'save_folder': save_folder.format(run_name=cfg.run_name),
         'history': history_folder,
         'dataset': dataset.root,
         'dataset_cache': dataset.cache,
@@ -146,9 +146,11 @@ def train(cfg: Any) -> dict[str, Any]:
     return summary
 
 
-def _bucket_path(uri: str) -> str:
-    """``'s3://bucket/a/b'`` -> ``'a/b'``: object names inside the bucket, as Composer's uploaders use."""
-    return uri.split('://', 1)[1].split('/', 1)[1] if '/' in uri.split('://', 1)[1] else ''
+def _history_next_to(save_folder: str) -> str:
+    """``s3://b/runs/x/checkpoints`` -> ``s3://b/runs/x/history``: where history parts are uploaded."""
+    backend, bucket, path = parse_uri(save_folder)
+    parent = path.strip('/').rsplit('/', 1)[0] if '/' in path.strip('/') else ''
+    return f'{backend}://{bucket}/' + (f'{parent}/history' if parent else 'history')
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,10 +14,11 @@ that machine noise hits every arm alike):
 Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
 and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
 both ends on CUDA). The first ``--warmup-steps`` of each arm are dropped. Ratios are of medians from
-this one run.
+this one run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per arm; on CPU (``--cpu-memory``)
+the peak resident set size of a separate process that trains only that arm for 10 steps.
 
 Example:
-    python scripts/bench_step_overhead.py --steps 10 --rounds 18
+    python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import argparse
 import json
 import platform
 import random
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -162,7 +166,15 @@ def main() -> None:
     parser.add_argument('--seq', type=int, default=128)
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--cpu-memory', action='store_true', help='also measure each arm\'s peak RSS in its own process')
+    parser.add_argument('--peak-rss-of', choices=ARMS, help=argparse.SUPPRESS)  # the child of --cpu-memory
     args = parser.parse_args()
+
+    if args.peak_rss_of:
+        trainer, _ = build_arm(args.peak_rss_of, args, 'cpu')
+        trainer.fit(duration='10ba')
+        print(f'peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}')
+        return
 
     arms = {arm: build_arm(arm, args, args.device) for arm in args.arms}
     peak: dict[str, float] = {}
@@ -184,6 +196,15 @@ def main() -> None:
             if args.device == 'gpu':
                 peak[arm] = max(peak.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
 
+    if args.cpu_memory and args.device == 'cpu':
+        model_args = [f'--{k}={getattr(args, k)}' for k in ('layers', 'width', 'heads', 'vocab', 'seq', 'batch')]
+        for arm in arms:
+            out = subprocess.run(
+                [sys.executable, __file__, '--peak-rss-of', arm, '--rounds', '1', '--warmup-steps', '0', *model_args],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            peak[arm] = float(out.rsplit('peak_rss_mib=', 1)[1])
+
     medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
     baseline = {'plain': 'plain', 'fast': 'plain', 'history': 'plain', 'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
@@ -194,7 +215,7 @@ def main() -> None:
     )
     print(
         '| arm | steps timed | median step (ms) | vs baseline | baseline | in LossReweighting.apply (ms/step) |' +
-        (' peak GPU MiB |' if peak else ''),
+        ((' peak GPU MiB |' if args.device == 'gpu' else ' peak RSS MiB |') if peak else ''),
     )
     print('|---|---|---|---|---|---|' + ('---|' if peak else ''))
     rows = []

@@ -7,7 +7,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
-from composer.loggers import LoggerDestination
 from lm_helpers import TokenDataset, make_trainer, tiny_gpt2
 from torch.utils.data import DataLoader
 
@@ -153,24 +152,21 @@ def test_bad_arguments(kwargs, match):
         LossHistory(**kwargs)
 
 
-class RecordUploads(LoggerDestination):
+def test_finished_parts_are_uploaded_to_object_storage(tmp_path, s3_env):
+    import boto3
 
-    def __init__(self):
-        self.uploads = []
-
-    def upload_file(self, state, remote_file_name, file_path, *, overwrite):
-        self.uploads.append((remote_file_name, file_path.name))
-
-
-def test_finished_parts_are_handed_to_uploaders(tmp_path):
-    uploads = RecordUploads()
-    history = LossHistory(folder=str(tmp_path / 'h'), flush_interval='2ba', upload_prefix='runs/{run_name}/history')
+    history = LossHistory(folder=str(tmp_path / 'h'), flush_interval='2ba', upload_to='s3://reweigh/runs/{run_name}/history')
     trainer = make_trainer(
-        tiny_gpt2(), [LossReweighting(warmup=0)], callbacks=[history], loggers=[uploads],
-        train_dataloader=_loader(), max_duration='3ba', run_name='up',
+        tiny_gpt2(), [LossReweighting(warmup=0)], callbacks=[history], train_dataloader=_loader(),
+        max_duration='3ba', run_name='up',
     )
     trainer.fit()
-    assert sorted(uploads.uploads) == [
-        ('runs/up/history/rank0/part-000000000-000000001.parquet', 'part-000000000-000000001.parquet'),
-        ('runs/up/history/rank0/part-000000002-000000002.parquet', 'part-000000002-000000002.parquet'),
+    objects = boto3.client('s3', endpoint_url=s3_env).list_objects_v2(Bucket='reweigh', Prefix='runs/up/')['Contents']
+    assert sorted(o['Key'] for o in objects) == [
+        'runs/up/history/rank0/part-000000000-000000001.parquet',
+        'runs/up/history/rank0/part-000000002-000000002.parquet',
     ]
+    local = (tmp_path / 'h' / 'rank0' / 'part-000000000-000000001.parquet').read_bytes()
+    remote = boto3.client('s3', endpoint_url=s3_env).get_object(
+        Bucket='reweigh', Key='runs/up/history/rank0/part-000000000-000000001.parquet')['Body'].read()
+    assert remote == local

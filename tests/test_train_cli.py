@@ -168,3 +168,34 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def test_remote_save_folder_gets_checkpoints_and_history_parts(small_dataset, streaming_shm, s3_env, tmp_path, capsys):
+    """save_folder in object storage: Composer uploads checkpoints, LossHistory uploads its part files."""
+    import boto3
+
+    data_root, _ = small_dataset
+    run_dir = tmp_path / 'run'
+    overrides = _overrides(
+        data_root, run_dir, run_name='remote', save_folder='s3://reweigh/runs/{run_name}/checkpoints',
+        autoresume='false', max_duration='4ba', eval_interval='4ba', save_interval='2ba',
+    )
+    overrides = [o for o in overrides if not o.startswith('model.config=')]
+    llama_yaml = tmp_path / 'llama.yaml'  # the demo config with a tiny Llama instead of GPT-2
+    llama_yaml.write_text(TINY_CPU.read_text().replace(
+        'family: gpt2\n  config: {n_layer: 2, n_embd: 128, n_head: 4, n_positions: 256}',
+        'family: llama\n  config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, '
+        'num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 64}',
+    ))
+    assert 'family: llama' in llama_yaml.read_text()
+    assert main(['train', str(llama_yaml), *overrides]) == 0
+    keys = sorted(o['Key'] for o in boto3.client('s3', endpoint_url=s3_env).list_objects_v2(
+        Bucket='reweigh', Prefix='runs/remote/')['Contents'])
+    assert 'runs/remote/checkpoints/ep0-ba4-rank0.pt' in keys
+    assert [k for k in keys if '/history/' in k] == [
+        'runs/remote/history/rank0/part-000000000-000000001.parquet',
+        'runs/remote/history/rank0/part-000000002-000000003.parquet',
+    ]
+    capsys.readouterr()
+    assert main(['analyze', 's3://reweigh/runs/remote', '--out', str(tmp_path / 'report')]) == 0
+    assert '32 rows over 4 steps' in (tmp_path / 'report' / 'report.md').read_text()

@@ -15,7 +15,7 @@ Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round 
 and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
 both ends on CUDA). The first ``--warmup-steps`` of each arm are dropped. Ratios are of medians from
 this one run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per arm; on CPU (``--cpu-memory``)
-the peak resident set size of a separate process that trains only that arm for 10 steps.
+the peak resident set size of a separate process that trains only that arm for 3 steps.
 
 Example:
     python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
@@ -152,6 +152,15 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
     return trainer, timer
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM; unlike ru_maxrss it does not survive exec from the parent)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='gpu' if torch.cuda.is_available() else 'cpu')
@@ -172,8 +181,8 @@ def main() -> None:
 
     if args.peak_rss_of:
         trainer, _ = build_arm(args.peak_rss_of, args, 'cpu')
-        trainer.fit(duration='10ba')
-        print(f'peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}')
+        trainer.fit(duration='3ba')
+        print(f'peak_rss_mib={_peak_rss_mib():.1f}')
         return
 
     arms = {arm: build_arm(arm, args, args.device) for arm in args.arms}

@@ -66,6 +66,10 @@ def train(cfg: Any) -> dict[str, Any]:
         )
     run_dir = Path(cfg.run_dir or f'runs/{cfg.run_name}')
     save_folder = cfg.save_folder or str(run_dir / 'checkpoints')
+    device = cfg.device if cfg.device != 'auto' else ('gpu' if torch.cuda.is_available() else 'cpu')
+    # Before any StreamingDataset exists: each would otherwise set up (and tear down) a process group of
+    # its own, and several in a row can deadlock the ranks' rendezvous.
+    dist.initialize_dist(device, cfg.dist_timeout)
     reproducibility.seed_all(cfg.seed)
 
     dataset = data.prepare_if_needed(cfg)
@@ -87,7 +91,6 @@ def train(cfg: Any) -> dict[str, Any]:
         upload = _history_next_to(save_folder) if '://' in save_folder else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload))
 
-    device = cfg.device if cfg.device != 'auto' else ('gpu' if torch.cuda.is_available() else 'cpu')
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
     trainer = Trainer(
         run_name=cfg.run_name,

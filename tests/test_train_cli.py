@@ -143,14 +143,19 @@ def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, t
     one = _train_process(_overrides(data_root, tmp_path / 'one', run_name='one', **common), env)
     assert one.wait(timeout=600) == 0, one.stderr.read().decode()[-3000:]
     launcher = Path(sys.executable).parent / 'composer'
-    two = subprocess.run(
+    two = subprocess.Popen(
         [str(launcher), '-n', '2', '--master_port', str(_free_port()), '--stdout', str(tmp_path / 'rank{rank}.out'),
          '--stderr', str(tmp_path / 'rank{rank}.err'), '-m', 'reweigh.cli.train', str(TINY_CPU),
          *_overrides(data_root, tmp_path / 'two', run_name='two', **common)],
-        env=env, capture_output=True, timeout=600,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    try:
+        output = two.communicate(timeout=600)[0].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(two.pid, signal.SIGKILL)  # the launcher and both ranks
+        raise
     logs = ''.join(p.read_text()[-2000:] for p in tmp_path.glob('rank*.err'))
-    assert two.returncode == 0, two.stderr.decode()[-2000:] + logs
+    assert two.returncode == 0, output[-2000:] + logs
 
     assert sorted(p.name for p in (tmp_path / 'two' / 'history').iterdir()) == ['rank0', 'rank1']
     single, double = _history(tmp_path / 'one'), _history(tmp_path / 'two')

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,6 +77,10 @@ def train(cfg: Any) -> dict[str, Any]:
     tokenizer = data.load_tokenizer(cfg, dataset)
     model = build_model(cfg, vocab_size=len(tokenizer), tokenizer=tokenizer)
     train_loader = data.build_train_loader(cfg, dataset, device_batch)
+    # A validation split rarely divides by the batch size; Composer warns on every partial last batch.
+    warnings.filterwarnings(
+        'ignore', message=r'Cannot split tensor of length \d+ into batches of size', category=UserWarning,
+    )
     evaluators = [
         Evaluator(label=f'val/{name}', dataloader=loader, metric_names=['LanguageCrossEntropy', 'LanguagePerplexity'])
         for name, loader in data.build_eval_loaders(cfg, dataset, device_batch).items()

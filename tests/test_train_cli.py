@@ -40,12 +40,14 @@ def _overrides(data_root, run_dir, **extra):
     return [f'{k}={v}' for k, v in values.items()]
 
 
-def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys):
+def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys, recwarn):
     data_root, prepared = small_dataset
     run_dir = tmp_path / 'run'
     assert main(['train', str(TINY_CPU), *_overrides(data_root, run_dir)]) == 0
     out = capsys.readouterr().out
     assert 'reweigh train: finished tiny-cpu after 6 steps' in out
+    # The validation splits end in partial batches; that is expected and must not warn once per batch.
+    assert not [w for w in recwarn if 'Cannot split tensor' in str(w.message)]
 
     summary = json.loads((run_dir / 'summary.json').read_text())
     domains = prepared.manifest.domain_names

@@ -141,7 +141,8 @@ class TrainConfig:
     save_num_checkpoints_to_keep: int = -1
     autoresume: bool = False
     seed: int = 17
-    progress_bar: bool = True
+    progress_bar: Optional[bool] = None
+    """A progress bar; unset: a bar when stderr is a terminal, else a log line every ``console_log_interval``."""
     console_log_interval: str = '10ba'
     fsdp_config: Optional[dict[str, Any]] = None
     dist_timeout: float = 300.0

@@ -96,6 +96,8 @@ def train(cfg: Any) -> dict[str, Any]:
         upload = _history_next_to(save_folder) if '://' in save_folder else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload))
 
+    # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
+    progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
     trainer = Trainer(
         run_name=cfg.run_name,
@@ -118,8 +120,8 @@ def train(cfg: Any) -> dict[str, Any]:
         save_overwrite=not cfg.autoresume,
         autoresume=cfg.autoresume,
         seed=cfg.seed,
-        progress_bar=cfg.progress_bar,
-        log_to_console=not cfg.progress_bar,
+        progress_bar=progress_bar,
+        log_to_console=not progress_bar,
         console_log_interval=cfg.console_log_interval,
         parallelism_config=parallelism,
         dist_timeout=cfg.dist_timeout,

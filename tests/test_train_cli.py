@@ -43,9 +43,11 @@ def _overrides(data_root, run_dir, **extra):
 def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys, recwarn):
     data_root, prepared = small_dataset
     run_dir = tmp_path / 'run'
-    assert main(['train', str(TINY_CPU), *_overrides(data_root, run_dir)]) == 0
-    out = capsys.readouterr().out
+    assert main(['train', str(TINY_CPU), *_overrides(data_root, run_dir, progress_bar='null')]) == 0
+    out, err = capsys.readouterr()
     assert 'reweigh train: finished tiny-cpu after 6 steps' in out
+    # progress_bar unset and stderr not a terminal: console log lines instead of a redrawn bar.
+    assert '[batch=6/6]' in err and 'ba/s' not in err
     # The validation splits end in partial batches; that is expected and must not warn once per batch.
     assert not [w for w in recwarn if 'Cannot split tensor' in str(w.message)]
 

@@ -52,3 +52,23 @@ def s3_env(s3_endpoint, monkeypatch):
     for key, value in emulator_env(s3_endpoint).items():
         monkeypatch.setenv(key, value)
     return s3_endpoint
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator_env(tmp_path_factory):
+    """A loopback GCS emulator with bucket ``reweigh`` for the session; yields the environment for it."""
+    pytest.importorskip('gcp_storage_emulator')
+    from gcs_emulator import gcs_emulator
+
+    with gcs_emulator('reweigh', tmp_path_factory.mktemp('gcs')) as env:
+        yield env
+
+
+@pytest.fixture
+def gcs_env(gcs_emulator_env, monkeypatch):
+    """Point Google's clients (Streaming's, Composer's, pyarrow's) at the emulator for one test."""
+    for key in ('GCS_KEY', 'GCS_SECRET', 'CLOUDSDK_CONFIG'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in gcs_emulator_env.items():
+        monkeypatch.setenv(key, value)
+    return gcs_emulator_env

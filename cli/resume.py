@@ -1,14 +1,19 @@
-"""Exact mid-epoch resumption of the random number generators."""
+"""Resumption: exact mid-epoch RNG state, and checkpoint folders left behind by an interrupted save."""
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import reproducibility
 
-__all__ = ['RestoreRngOnResume']
+__all__ = ['RestoreRngOnResume', 'set_aside_interrupted_checkpoints']
+
+_CHECKPOINT = re.compile(r'^ep(\d+)-ba(?P<batch>\d+)-rank(?P<rank>\d+)\.pt$')
 
 
 class RestoreRngOnResume(Callback):
@@ -38,3 +43,41 @@ class RestoreRngOnResume(Callback):
         if self._pending is not None:
             reproducibility.load_rng_state(self._pending)
             self._pending = None
+
+
+def set_aside_interrupted_checkpoints(folder: str | os.PathLike, rank: int) -> list[Path]:
+    """Rename the checkpoints of ``rank`` that are newer than its ``latest-rank{rank}.pt`` symlink.
+
+    Composer writes a checkpoint straight to its final name and only then points the ``latest``
+    symlink at it. A run killed in between leaves a checkpoint file that may be truncated and that
+    autoresume does not load; worse, Composer then refuses to start because that file "may conflict
+    with a future checkpoint". Such files are renamed to ``NAME.interrupted`` (kept, not deleted), so
+    that autoresume continues from the last checkpoint the symlink vouches for. Only Composer's default
+    names (``ep{epoch}-ba{batch}-rank{rank}.pt``, ``latest-rank{rank}.pt``) are recognised; a folder
+    whose ``latest`` is not a symlink is left alone.
+
+    Args:
+        folder: The local checkpoint folder.
+        rank: Whose checkpoints to check (the global rank).
+
+    Returns:
+        list[Path]: The renamed files.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.cli.resume import set_aside_interrupted_checkpoints
+        >>> set_aside_interrupted_checkpoints(tempfile.mkdtemp(), rank=0)
+        []
+    """
+    folder = Path(folder)
+    latest = folder / f'latest-rank{rank}.pt'
+    if not folder.is_dir() or (latest.exists() and not latest.is_symlink()):
+        return []
+    vouched = _CHECKPOINT.match(os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
+    last_batch = int(vouched['batch']) if vouched else -1
+    moved = []
+    for path in sorted(folder.iterdir()):
+        match = _CHECKPOINT.match(path.name)
+        if match and int(match['rank']) == rank and int(match['batch']) > last_batch:
+            moved.append(path.rename(path.with_name(path.name + '.interrupted')))
+    return moved

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from composer import Trainer
 from composer.core import Evaluator
-from composer.utils import dist, parse_uri, reproducibility
+from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
 
 from reweigh.algorithms import LossHistory, LossReweighting
 from reweigh.cli import data
@@ -31,7 +31,7 @@ from reweigh.cli.builders import (
     build_scheduler,
 )
 from reweigh.cli.config import ConfigError, load_config
-from reweigh.cli.resume import RestoreRngOnResume
+from reweigh.cli.resume import RestoreRngOnResume, set_aside_interrupted_checkpoints
 
 __all__ = ['main', 'train']
 
@@ -98,6 +98,11 @@ def train(cfg: Any) -> dict[str, Any]:
 
     # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
     progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
+    if cfg.autoresume and '://' not in save_folder:
+        folder = format_name_with_dist(save_folder, cfg.run_name)
+        for path in set_aside_interrupted_checkpoints(folder, dist.get_global_rank()):
+            print(f'reweigh train: {path.name[:-len(".interrupted")]} is from an interrupted save; '
+                  f'kept as {path}, resuming from the checkpoint before it', file=sys.stderr)
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
     trainer = Trainer(
         run_name=cfg.run_name,

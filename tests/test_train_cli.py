@@ -132,6 +132,32 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dat
         assert history[column].to_numpy() == pytest.approx(straight_history[column].to_numpy(), rel=1e-5, abs=1e-7)
 
 
+def test_interrupted_checkpoint_save_is_set_aside_and_the_run_resumes(small_dataset, streaming_shm, tmp_path, capsys):
+    """Killed while writing a checkpoint: the file exists (truncated) but `latest` still names the one before."""
+    data_root, _ = small_dataset
+    run_dir = tmp_path / 'run'
+    command = ['train', str(TINY_CPU), *_overrides(data_root, run_dir, max_duration='10ba', save_interval='5ba',
+                                                   eval_interval='10ba', autoresume='true')]
+    assert main(command) == 0
+    finished_model, finished_history = _final_state(run_dir)
+
+    checkpoints = run_dir / 'checkpoints'
+    (checkpoints / 'latest-rank0.pt').unlink()
+    (checkpoints / 'latest-rank0.pt').symlink_to('ep0-ba5-rank0.pt')
+    last = checkpoints / 'ep0-ba10-rank0.pt'
+    last.write_bytes(last.read_bytes()[:1000])
+    capsys.readouterr()
+
+    assert main(command) == 0
+    assert 'ep0-ba10-rank0.pt is from an interrupted save' in capsys.readouterr().err
+    assert (checkpoints / 'ep0-ba10-rank0.pt.interrupted').stat().st_size == 1000
+    model, history = _final_state(run_dir)
+    for k in model:
+        torch.testing.assert_close(model[k], finished_model[k])
+    assert history.step.tolist() == finished_history.step.tolist()  # steps 5-9 once, not twice
+    assert history.weight.to_numpy() == pytest.approx(finished_history.weight.to_numpy(), rel=1e-5, abs=1e-7)
+
+
 def _history(run_dir):
     table = pads.dataset(str(run_dir / 'history'), format='parquet').to_table()
     return table.sort_by([('step', 'ascending'), ('sample_id', 'ascending')]).to_pandas()

@@ -101,7 +101,7 @@ def train(cfg: Any) -> dict[str, Any]:
     if cfg.autoresume and '://' not in save_folder:
         folder = format_name_with_dist(save_folder, cfg.run_name)
         for path in set_aside_interrupted_checkpoints(folder, dist.get_global_rank()):
-            print(f'reweigh train: {path.name[:-len(".interrupted")]} is from an interrupted save; '
+            print(f'reweigh train: {path.with_suffix("").name} is from an interrupted save; '
                   f'kept as {path}, resuming from the checkpoint before it', file=sys.stderr)
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
     trainer = Trainer(

@@ -66,7 +66,7 @@ def gcs_emulator_env(tmp_path_factory):
 
 @pytest.fixture
 def gcs_env(gcs_emulator_env, monkeypatch):
-    """Point Google's clients (Streaming's, Composer's, pyarrow's) at the emulator for one test."""
+    """Point Google's Python clients (Streaming's, Composer's) at the emulator for one test."""
     for key in ('GCS_KEY', 'GCS_SECRET', 'CLOUDSDK_CONFIG'):
         monkeypatch.delenv(key, raising=False)
     for key, value in gcs_emulator_env.items():

@@ -1,54 +1,82 @@
-"""The gs:// path on a loopback GCS emulator: prepare to a bucket, stream it back, train from it with
-checkpoints and loss history saved to it.
-
-Google's clients reach the emulator through ``STORAGE_EMULATOR_HOST`` and authenticate through the
-standard ``GOOGLE_APPLICATION_CREDENTIALS`` file (see ``tests/gcs_emulator.py``), so the processes that
-Composer's uploader spawns find it as well.
+"""reweigh.pipeline over object storage, on loopback emulators: moto's S3 server (reached through
+S3_ENDPOINT_URL) and a GCS emulator (reached through STORAGE_EMULATOR_HOST, authenticated through the
+standard GOOGLE_APPLICATION_CREDENTIALS file; see ``tests/gcs_emulator.py``), so that the processes
+Composer's uploader spawns find them as well.
 """
 
 from __future__ import annotations
 
+import os
+
+import boto3
 import pytest
 import torch
 
 from conftest import SMALL
 from reweigh.cli.analysis import load_history
 from reweigh.cli.main import main
-from reweigh.pipeline import SampleLookup, build_train_dataloader, prepare_default_corpus
+from reweigh.pipeline import SampleLookup, build_eval_dataloaders, build_train_dataloader, prepare_default_corpus
 from test_train_cli import TINY_CPU, _overrides
 
 pytestmark = pytest.mark.usefixtures('streaming_shm')
 
 
-def _objects(prefix: str) -> list[str]:
+def _s3_keys(prefix: str) -> list[str]:
+    client = boto3.client('s3', endpoint_url=os.environ['S3_ENDPOINT_URL'])
+    return sorted(o['Key'] for o in client.list_objects_v2(Bucket='reweigh', Prefix=prefix)['Contents'])
+
+
+def _gcs_keys(prefix: str) -> list[str]:
     from google.cloud import storage
 
     return sorted(blob.name for blob in storage.Client().list_blobs('reweigh', prefix=prefix))
+
+
+STORES = {'s3': ('s3_env', _s3_keys), 'gs': ('gcs_env', _gcs_keys)}
 
 
 def _batches(loader):
     return [{k: v.clone() for k, v in batch.items()} for batch in loader]
 
 
-def test_prepare_to_gcs_and_stream_back_equals_local(small_dataset, gcs_env, tmp_path):
+@pytest.mark.parametrize('scheme', sorted(STORES))
+def test_prepare_to_object_storage_and_stream_back_equals_local(scheme, small_dataset, tmp_path, capsys, request):
+    env_fixture, list_keys = STORES[scheme]
+    request.getfixturevalue(env_fixture)
     root, local = small_dataset
-    remote = 'gs://reweigh/small'
+    remote = f'{scheme}://reweigh/small'
     result = prepare_default_corpus(remote, **SMALL)
     assert result.manifest.fingerprint == local.manifest.fingerprint
-    keys = _objects('small/')
+    assert result.manifest.domains == local.manifest.domains
+    keys = list_keys('small/')
     assert {'small/manifest.json', 'small/train/code/index.json', 'small/val/docs/index.json',
-            'small/tokenizer/tokenizer.json'} <= set(keys)
+            'small/documents/boilerplate.parquet', 'small/tokenizer/tokenizer.json'} <= set(keys)
     assert any(k.endswith('.mds.zstd') for k in keys)
-    assert prepare_default_corpus(remote, **SMALL).skipped
 
-    from_gcs = _batches(build_train_dataloader(remote, tmp_path / 'cache', batch_size=8, seed=5))
+    assert prepare_default_corpus(remote, **SMALL).skipped
+    assert 'nothing to do' in capsys.readouterr().err
+
+    from_remote = _batches(build_train_dataloader(remote, tmp_path / 'cache', batch_size=8, seed=5))
     from_disk = _batches(build_train_dataloader(root, tmp_path / 'disk', batch_size=8, seed=5))
-    assert len(from_gcs) == len(from_disk) > 10
-    for a, b in zip(from_gcs, from_disk):
+    assert len(from_remote) == len(from_disk) > 10
+    for a, b in zip(from_remote, from_disk):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sids = from_gcs[0]['sample_id'].tolist()
-    assert [SampleLookup(remote, tmp_path / 'lookup').text(s) for s in sids] == \
-        [SampleLookup(root).text(s) for s in sids]
+
+    evals = build_eval_dataloaders(remote, tmp_path / 'cache', batch_size=8)
+    assert {name: sum(len(b['sample_id']) for b in dl) for name, dl in evals.items()} == \
+        {d.name: d.sequences['val'] for d in local.manifest.domains}
+
+    sids = from_remote[0]['sample_id'].tolist()
+    remote_lookup, local_lookup = SampleLookup(remote, tmp_path / 'lookup'), SampleLookup(root)
+    assert [remote_lookup.text(s) for s in sids] == [local_lookup.text(s) for s in sids]
+    assert [remote_lookup.documents(s) for s in sids] == [local_lookup.documents(s) for s in sids]
+
+
+def test_missing_bucket_is_a_clear_error(s3_env, tmp_path):
+    with pytest.raises(ValueError, match='remote s3://no-such-bucket/data is unreachable or not writable'):
+        prepare_default_corpus('s3://no-such-bucket/data', **SMALL)
+    with pytest.raises(FileNotFoundError, match='holds no prepared dataset'):
+        build_train_dataloader('s3://reweigh/nothing-here', tmp_path / 'cache')
 
 
 def test_train_from_gcs_with_gcs_save_folder(gcs_env, tmp_path):
@@ -61,7 +89,7 @@ def test_train_from_gcs_with_gcs_save_folder(gcs_env, tmp_path):
     ) + [f'train_loader.dataset.remote={remote}', f'eval_loader.dataset.remote={remote}',
          f'eval_loader.dataset.local={tmp_path / "eval-cache"}']
     assert main(['train', str(TINY_CPU), *overrides]) == 0
-    keys = _objects('runs/gcs/')
+    keys = _gcs_keys('runs/gcs/')
     assert 'runs/gcs/checkpoints/ep0-ba4-rank0.pt' in keys
     assert [k for k in keys if '/history/' in k] == [
         'runs/gcs/history/rank0/part-000000000-000000001.parquet',

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from reweigh.algorithms import available_strategies, parse_warmup
+from reweigh.safety.names import check_name
 
 __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_uri']
 
@@ -140,6 +141,10 @@ class TrainConfig:
     save_interval: str = '1ep'
     save_num_checkpoints_to_keep: int = -1
     autoresume: bool = False
+    load_path: Optional[str] = None
+    """A checkpoint to start from (local path or object-store URI); an autoresume checkpoint takes precedence."""
+    load_weights_only: bool = False
+    """With ``load_path``: take the model weights only, not the optimizer, schedule, dataloader or RNG state."""
     seed: int = 17
     progress_bar: Optional[bool] = None
     """A progress bar; unset: a bar when stderr is a terminal, else a log line every ``console_log_interval``."""
@@ -215,6 +220,14 @@ def _fail(key: str, message: str) -> None:
     raise ConfigError(f'config key {key!r}: {message}')
 
 
+def _check_name(key: str, value: Any) -> None:
+    """A value that becomes a path component or object key: :func:`reweigh.safety.check_name`'s rule."""
+    try:
+        check_name('the value', value)
+    except ValueError as e:
+        _fail(key, str(e))
+
+
 def _check_time(key: str, value: str, units: Sequence[TimeUnit]) -> Time:
     try:
         t = Time.from_timestring(str(value).replace(' ', ''))
@@ -257,8 +270,7 @@ def _validate(cfg: Any) -> None:
     """Checks OmegaConf's type system cannot express."""
     from reweigh.algorithms.causal_lm import _FAMILIES  # the families build_causal_lm knows
 
-    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', cfg.run_name):
-        _fail('run_name', f'{cfg.run_name!r} must be letters, digits, "_", "-", "." (it names folders).')
+    _check_name('run_name', cfg.run_name)  # it names folders and object keys
     if cfg.model.family not in _FAMILIES:
         _fail('model.family', f'{cfg.model.family!r} is not one of {", ".join(sorted(_FAMILIES))}.')
     config_cls = _FAMILIES[cfg.model.family][0]
@@ -280,6 +292,7 @@ def _validate(cfg: Any) -> None:
         elif not Path(ds.local).exists() and not ds.prepare_default and not _prepared_by_train_loader(cfg, ds):
             _fail(f'{loader_key}.dataset.local', f'{ds.local!r} does not exist (set remote, or prepare_default: true).')
         for name, p in (ds.proportions or {}).items():
+            _check_name(f'{loader_key}.dataset.proportions.{name}', name)
             if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 0):
                 _fail(f'{loader_key}.dataset.proportions.{name}', f'must be a number > 0, got {p!r}.')
         if loader.num_workers < 0:
@@ -351,6 +364,10 @@ def _validate(cfg: Any) -> None:
             _fail('run_dir', 'must be a local folder; put object-store URIs in save_folder.')
     if cfg.save_folder is not None:
         validate_uri('save_folder', cfg.save_folder)
+    if cfg.load_path is not None:
+        validate_uri('load_path', cfg.load_path)
+        if '://' not in cfg.load_path and not Path(cfg.load_path).is_file():
+            _fail('load_path', f'{cfg.load_path!r} is not a file.')
     if cfg.history.folder is not None:
         validate_uri('history.folder', cfg.history.folder)
         if '://' in cfg.history.folder:

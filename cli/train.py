@@ -32,6 +32,7 @@ from reweigh.cli.builders import (
 )
 from reweigh.cli.config import ConfigError, load_config
 from reweigh.cli.resume import RestoreRngOnResume, set_aside_interrupted_checkpoints
+from reweigh.safety import safe_checkpoint_loading
 
 __all__ = ['main', 'train']
 
@@ -104,47 +105,51 @@ def train(cfg: Any) -> dict[str, Any]:
             print(f'reweigh train: {path.with_suffix("").name} is from an interrupted save; '
                   f'kept as {path}, resuming from the checkpoint before it', file=sys.stderr)
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
-    trainer = Trainer(
-        run_name=cfg.run_name,
-        model=model,
-        train_dataloader=train_loader,
-        eval_dataloader=evaluators or None,
-        eval_interval=cfg.eval_interval,
-        max_duration=cfg.max_duration,
-        optimizers=build_optimizer(cfg, model),
-        schedulers=build_scheduler(cfg),
-        algorithms=algorithms,
-        callbacks=callbacks,
-        loggers=build_loggers(cfg),
-        precision=cfg.precision,
-        device=device,
-        device_train_microbatch_size=micro if micro is not None else device_batch,
-        save_folder=save_folder,
-        save_interval=cfg.save_interval,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=not cfg.autoresume,
-        autoresume=cfg.autoresume,
-        seed=cfg.seed,
-        progress_bar=progress_bar,
-        log_to_console=not progress_bar,
-        console_log_interval=cfg.console_log_interval,
-        parallelism_config=parallelism,
-        dist_timeout=cfg.dist_timeout,
-    )
-    summary_file = run_dir / 'summary.json'
-    try:
-        if trainer.state.timestamp >= trainer.state.max_duration:
-            print(f'reweigh train: {cfg.run_name} already trained for {cfg.max_duration}; nothing to do.')
-            metrics = json.loads(summary_file.read_text())['eval'] if summary_file.is_file() else {}
-        else:
-            trainer.fit()
-            metrics = {
-                f'{label}/{name}': float(metric.compute())
-                for label, group in trainer.state.eval_metrics.items()
-                for name, metric in group.items()
-            }
-    finally:
-        trainer.close()
+    # Checkpoints (autoresume, load_path; local or in a bucket) are data: loading one runs none of its code.
+    with safe_checkpoint_loading():
+        trainer = Trainer(
+            run_name=cfg.run_name,
+            model=model,
+            train_dataloader=train_loader,
+            eval_dataloader=evaluators or None,
+            eval_interval=cfg.eval_interval,
+            max_duration=cfg.max_duration,
+            optimizers=build_optimizer(cfg, model),
+            schedulers=build_scheduler(cfg),
+            algorithms=algorithms,
+            callbacks=callbacks,
+            loggers=build_loggers(cfg),
+            precision=cfg.precision,
+            device=device,
+            device_train_microbatch_size=micro if micro is not None else device_batch,
+            save_folder=save_folder,
+            save_interval=cfg.save_interval,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_overwrite=not cfg.autoresume,
+            autoresume=cfg.autoresume,
+            load_path=cfg.load_path,
+            load_weights_only=cfg.load_weights_only,
+            seed=cfg.seed,
+            progress_bar=progress_bar,
+            log_to_console=not progress_bar,
+            console_log_interval=cfg.console_log_interval,
+            parallelism_config=parallelism,
+            dist_timeout=cfg.dist_timeout,
+        )
+        summary_file = run_dir / 'summary.json'
+        try:
+            if trainer.state.timestamp >= trainer.state.max_duration:
+                print(f'reweigh train: {cfg.run_name} already trained for {cfg.max_duration}; nothing to do.')
+                metrics = json.loads(summary_file.read_text())['eval'] if summary_file.is_file() else {}
+            else:
+                trainer.fit()
+                metrics = {
+                    f'{label}/{name}': float(metric.compute())
+                    for label, group in trainer.state.eval_metrics.items()
+                    for name, metric in group.items()
+                }
+        finally:
+            trainer.close()
     summary = {
         'run_name': cfg.run_name,
         'run_dir': str(run_dir),
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except ConfigError as e:
+    except ValueError as e:  # ConfigError, UnsafeCheckpointError, unreadable data: user errors, as in `reweigh`
         print(f'reweigh train: error: {e}', file=sys.stderr)
         return 2
 

@@ -27,10 +27,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.format import get_index_basename
 
 from reweigh.pipeline import storage
 from reweigh.pipeline.ids import SPLITS
 from reweigh.pipeline.manifest import Manifest, read_manifest
+from reweigh.pipeline.shards import read_index
 
 __all__ = ['ReweighStreamingDataset', 'build_eval_dataloaders', 'build_train_dataloader']
 
@@ -83,11 +85,13 @@ class ReweighStreamingDataset(StreamingDataset):
         streams = []
         for name, proportion in _select_domains(self.manifest, domains).items():
             rel = self.manifest.domain(name).path(split)
+            where = storage.join(root, rel, 'index.json')
+            columns = self.manifest.mds['columns']
             if local_cache is None:
-                streams.append(Stream(local=os.path.join(root, rel), proportion=proportion))
+                streams.append(_CheckedStream(where, columns, local=os.path.join(root, rel), proportion=proportion))
             else:
-                streams.append(Stream(remote=storage.join(root, rel), local=os.path.join(str(local_cache), rel),
-                                      proportion=proportion))
+                streams.append(_CheckedStream(where, columns, remote=storage.join(root, rel),
+                                              local=os.path.join(str(local_cache), rel), proportion=proportion))
         super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
                          validate_hash=validate_hash, **kwargs)
 
@@ -106,9 +110,16 @@ class ReweighStreamingDataset(StreamingDataset):
             raise self._reading_error(self._background_error)
 
     def on_exception(self, future: Future) -> None:
-        """Remember a background thread's error (then let Streaming stop the epoch)."""
+        """Remember a background thread's error (then let Streaming stop the epoch).
+
+        A thread that dies of an error never reports its exit, and Streaming's end of epoch waits for
+        every thread to report: without counting it here, an epoch whose shard-preparing thread failed
+        (e.g. on a truncated shard) would hang instead of raising."""
         if future.exception() is not None:
             self._background_error = future.exception()
+            iterator = getattr(self, '_iterator', None)
+            if iterator is not None:
+                iterator.on_exit()
         super().on_exception(future)
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
@@ -144,6 +155,29 @@ class ReweighStreamingDataset(StreamingDataset):
         return {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
                 'sample_id': torch.tensor(int(obj['sample_id']), dtype=torch.int64),
                 'domain': torch.tensor(int(obj['domain']), dtype=torch.int64)}
+
+
+class _CheckedStream(Stream):
+    """A :class:`streaming.Stream` whose ``index.json`` must follow the reweigh MDS contract.
+
+    Streaming downloads and parses the index in :meth:`get_shards` (building shard readers reads no
+    sample); the index is checked right after, before any shard is downloaded or decoded.
+    """
+
+    def __init__(self, where: str, columns: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._where, self._columns = where, dict(columns)
+
+    def get_shards(self, world: Any, allow_unsafe_types: bool) -> list:
+        index = os.path.join(self.local, self.split or '', get_index_basename())
+        try:
+            readers = super().get_shards(world, allow_unsafe_types)
+        except Exception:
+            if os.path.exists(index):  # our message names the problem and the file, Streaming's may not
+                read_index(index, self._columns, self._where)
+            raise
+        read_index(index, self._columns, self._where)
+        return readers
 
 
 def build_train_dataloader(root: str | os.PathLike, local_cache: str | os.PathLike | None = None, *,

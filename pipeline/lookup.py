@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Any
@@ -30,6 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from reweigh.pipeline import storage
 from reweigh.pipeline.ids import sample_id_domains, split_sample_id
 from reweigh.pipeline.manifest import Manifest, read_manifest
+from reweigh.pipeline.shards import read_index
 
 __all__ = ['SampleLookup']
 
@@ -143,9 +143,8 @@ class SampleLookup:
         from streaming.base.compression import decompress
         from streaming.base.hashing import get_hash
 
-        with open(self._fetch(f'{rel}/index.json')) as f:
-            shards = json.load(f)['shards']
-        for shard in shards:
+        where = storage.join(self.root, rel, 'index.json')
+        for shard in read_index(self._fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where):
             raw = os.path.join(self._base, rel, shard['raw_data']['basename'])
             zipped = shard.get('zip_data')
             if os.path.exists(raw) or not zipped:

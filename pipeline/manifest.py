@@ -12,7 +12,9 @@ a stream), ``sample_id`` (int64, see :mod:`reweigh.pipeline.ids`), ``domain`` (i
 and ``doc_ids`` (int64 array, the source documents the sequence contains).
 
 Example:
-    >>> m = Manifest(seq_len=8, domains=[DomainInfo('code', 0, 'src/')], tokenizer={'path': 'tokenizer'})
+    >>> from reweigh.pipeline.shards import columns
+    >>> m = Manifest(seq_len=8, domains=[DomainInfo('code', 0, 'src/')], tokenizer={'path': 'tokenizer'},
+    ...              mds={'columns': columns(vocab_size=512)})
     >>> Manifest.from_json(m.to_json()).domain_names
     ['code']
 """
@@ -27,6 +29,8 @@ from typing import Any
 
 from reweigh.pipeline import storage
 from reweigh.pipeline.ids import DOMAIN_SHIFT, SPLIT_SHIFT, SPLITS
+from reweigh.pipeline.shards import check_columns
+from reweigh.safety.names import check_name, check_relative_path
 
 __all__ = ['MANIFEST_NAME', 'DomainInfo', 'Manifest', 'read_manifest']
 
@@ -102,11 +106,31 @@ class Manifest:
             ValueError: If it is not a reweigh manifest of a supported version.
         """
         obj = json.loads(text)
-        if obj.get('format') != FORMAT or obj.get('format_version') != FORMAT_VERSION:
-            raise ValueError(f'not a {FORMAT} v{FORMAT_VERSION} manifest '
-                             f'(format={obj.get("format")!r}, version={obj.get("format_version")!r})')
+        if not isinstance(obj, dict) or obj.get('format') != FORMAT or obj.get('format_version') != FORMAT_VERSION:
+            found = obj if not isinstance(obj, dict) else {k: obj.get(k) for k in ('format', 'format_version')}
+            raise ValueError(f'not a {FORMAT} v{FORMAT_VERSION} manifest ({found!r})')
         obj['domains'] = [DomainInfo(**d) for d in obj['domains']]
-        return cls(**obj)
+        manifest = cls(**obj)
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Check what readers turn into paths and decoders: names, the tokenizer's files, the columns.
+
+        Raises:
+            ValueError: For a domain name or file name that could leave the dataset's root, repeated
+                domain names or indices, or columns other than the reweigh MDS contract's.
+        """
+        for d in self.domains:
+            check_name(f'{MANIFEST_NAME}: domain name', d.name)
+        if len({d.name for d in self.domains}) != len(self.domains):
+            raise ValueError(f'{MANIFEST_NAME}: domain names repeat: {self.domain_names}')
+        if sorted(d.index for d in self.domains) != list(range(len(self.domains))):
+            raise ValueError(f'{MANIFEST_NAME}: domain indices must be 0..{len(self.domains) - 1}')
+        check_relative_path(f'{MANIFEST_NAME}: tokenizer path', self.tokenizer.get('path'))
+        for name in self.tokenizer.get('files', []):
+            check_name(f'{MANIFEST_NAME}: tokenizer file', name)
+        check_columns(self.mds.get('columns'), f'{MANIFEST_NAME}: mds.columns')
 
 
 def read_manifest(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> Manifest:
@@ -139,5 +163,7 @@ def read_manifest(root: str | os.PathLike, cache: str | os.PathLike | None = Non
     with open(local) as f:
         try:
             return Manifest.from_json(f.read())
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise ValueError(f'{root}/{MANIFEST_NAME} is corrupted: {e}') from e
+        except ValueError as e:
+            raise ValueError(f'{root}: {e}') from e

@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from reweigh.pipeline import storage
+from reweigh.pipeline import shards, storage
 from reweigh.pipeline.corpus import default_corpus
 from reweigh.pipeline.ids import SPLITS, make_sample_id
 from reweigh.pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, DomainInfo, Manifest, read_manifest
@@ -152,7 +152,7 @@ def prepare_dataset(
                            'pad_token_id': tok.pad_token_id, 'eos_token': tok.eos_token,
                            'files': sorted(os.listdir(os.path.join(local_root, 'tokenizer')))},
                 mds={'compression': compression, 'hashes': HASHES, 'layout': '{split}/{domain}',
-                     'columns': _columns(len(tok))},
+                     'columns': shards.columns(len(tok))},
             )
             with open(os.path.join(local_root, MANIFEST_NAME), 'w') as f:
                 f.write(manifest.to_json())
@@ -241,11 +241,6 @@ def _check_counts(domains: Sequence[DomainSpec], counts: dict[str, int]) -> None
                              'a train/val split needs at least 2 (give a folder or JSONL with more documents)')
 
 
-def _columns(vocab_size: int) -> dict[str, str]:
-    return {'input_ids': 'ndarray:uint16' if vocab_size <= 1 << 16 else 'ndarray:uint32',
-            'sample_id': 'int64', 'domain': 'int32', 'doc_ids': 'ndarray:int64'}
-
-
 def _batched(docs: Iterator[Document], n: int) -> Iterator[list[Document]]:
     while batch := list(islice(docs, n)):
         yield batch
@@ -257,7 +252,7 @@ def _write_domain(spec: DomainSpec, index: int, tok: Any, seq_len: int, val_ever
     import pyarrow.parquet as pq
     from streaming import MDSWriter
 
-    columns = _columns(len(tok))
+    columns = shards.columns(len(tok))
     dtype = np.uint16 if columns['input_ids'] == 'ndarray:uint16' else np.uint32
     info = DomainInfo(name=spec.name, index=index, source=spec.describe(),
                       documents={s: 0 for s in SPLITS}, sequences={s: 0 for s in SPLITS}, tokens={s: 0 for s in SPLITS})

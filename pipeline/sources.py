@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from reweigh.safety.names import check_name
+
 __all__ = ['Document', 'DomainSpec', 'iter_documents', 'load_domains_file', 'parse_domain_arg']
 
 _JSONL_SUFFIXES = ('.jsonl', '.ndjson')
@@ -45,7 +47,8 @@ class DomainSpec:
     """Where one domain's documents come from.
 
     Attributes:
-        name (str): Domain name (letters, digits, ``_``, ``-``, ``.``).
+        name (str): Domain name, a safe path component (:func:`reweigh.safety.check_name`: ASCII letters,
+            digits, ``_``, ``-``, ``.``, starting with a letter or digit).
         kind (str): ``'path'`` (local file or folder), ``'hf'`` (``datasets.load_dataset``) or
             ``'documents'`` (an in-memory document factory, used by the embedded default corpus).
         location (str): The path, the ``datasets`` path, or a description.
@@ -65,8 +68,7 @@ class DomainSpec:
     fingerprint_data: Any = None
 
     def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in '_-.' for c in self.name):
-            raise ValueError(f'invalid domain name {self.name!r}: use letters, digits, "_", "-", "."')
+        check_name('domain name', self.name)  # it names folders and object keys of the dataset
         if self.kind not in ('path', 'hf', 'documents'):
             raise ValueError(f'domain {self.name!r}: unknown kind {self.kind!r}')
         if self.kind == 'path' and not Path(self.location).exists():

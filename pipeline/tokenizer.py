@@ -49,8 +49,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_freque
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a Hugging Face tokenizer from a local folder or a Hub name (the Hub needs a network).
 
-    The tokenizer must have an EOS token (it separates packed documents); one without a padding token
-    gets its EOS token as padding token.
+    Tokenizers are data: no code that comes with one is run (``trust_remote_code=False``; a tokenizer
+    that needs its own Python class is refused), and a local folder is read from its files alone, with no
+    download. The tokenizer must have an EOS token (it separates packed documents); one without a padding
+    token gets its EOS token as padding token.
 
     Raises:
         ValueError: If it cannot be loaded (unknown name, no network, not a tokenizer folder) or has no EOS.
@@ -66,8 +68,15 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     if looks_local and not Path(name).expanduser().is_dir():
         raise ValueError(f'unknown tokenizer {name!r}: no such local folder')
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if looks_local else name)
-    except (OSError, ValueError, KeyError) as e:
+        tok = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if looks_local else name,
+                                            trust_remote_code=False, local_files_only=looks_local)
+    except ValueError as e:
+        if 'trust_remote_code' in str(e):
+            raise ValueError(f'tokenizer {name!r} needs code of its own (a custom class in auto_map); reweigh '
+                             'never runs code that comes with a tokenizer') from None
+        raise ValueError(f'unknown tokenizer {name!r}: not a tokenizer folder, and not loadable from the '
+                         f'Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
+    except (OSError, KeyError) as e:
         raise ValueError(f'unknown tokenizer {name!r}: not a tokenizer folder, and not loadable from the '
                          f'Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
     if tok.eos_token_id is None:

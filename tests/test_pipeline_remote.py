@@ -16,6 +16,7 @@ from conftest import SMALL
 from reweigh.cli.analysis import load_history
 from reweigh.cli.main import main
 from reweigh.pipeline import SampleLookup, build_eval_dataloaders, build_train_dataloader, prepare_default_corpus
+from reweigh.pipeline.ids import make_sample_id
 from test_train_cli import TINY_CPU, _overrides
 
 pytestmark = pytest.mark.usefixtures('streaming_shm')
@@ -105,3 +106,38 @@ def test_train_from_gcs_with_gcs_save_folder(gcs_env, tmp_path):
         storage.Client().bucket('reweigh').blob(key).download_to_filename(str(local / key.rsplit('/', 1)[1]))
     history = load_history(str(local.parent))
     assert len(history) == 4 * 8 and sorted(set(history['step'].to_pylist())) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize('damage', ['flipped-byte', 'truncated'])
+def test_a_damaged_shard_in_the_bucket_is_one_clear_error_naming_it(damage, small_dataset, s3_env, tmp_path, capsys):
+    """A shard corrupted or cut short in object storage: streaming, lookups and training stop with one
+    error that names the shard, instead of a silently shortened epoch or a hang."""
+    root, _ = small_dataset
+    client = boto3.client('s3', endpoint_url=s3_env)
+    prefix = f'damaged-{damage}'
+    for path in root.rglob('*'):
+        if path.is_file() and not path.name.endswith('.mds'):  # a bucket holds the compressed shards only
+            client.upload_file(str(path), 'reweigh', f'{prefix}/{path.relative_to(root).as_posix()}')
+    key = f'{prefix}/train/code/shard.00001.mds.zstd'
+    data = client.get_object(Bucket='reweigh', Key=key)['Body'].read()
+    if damage == 'flipped-byte':
+        data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    else:
+        data = data[: len(data) // 2]
+    client.put_object(Bucket='reweigh', Key=key, Body=data)
+    remote = f's3://reweigh/{prefix}'
+
+    with pytest.raises(ValueError, match=r'cannot read train of s3://.*Checksum failure: .*code/shard\.00001\.mds\.zstd'):
+        _batches(build_train_dataloader(remote, tmp_path / 'cache', domains=['code'], batch_size=4, shuffle=False))
+    lookup = SampleLookup(remote, tmp_path / 'lookup')
+    with pytest.raises(ValueError, match=r'Checksum failure: .*code/shard\.00001\.mds\.zstd.*corrupted'):
+        [lookup.text(make_sample_id(0, 'train', i)) for i in range(200)]
+
+    overrides = _overrides(tmp_path / 'train-cache', tmp_path / 'run', max_duration='1ep', eval_interval='1ep',
+                           save_interval='1ep', **{'eval_loader': 'null', 'train_loader.dataset.proportions': '{code: 1}'})
+    assert main(['train', str(TINY_CPU), *overrides, f'train_loader.dataset.remote={remote}']) == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    assert [line for line in err.splitlines() if 'error:' in line] == [
+        line for line in err.splitlines() if 'error:' in line and 'Checksum failure' in line and 'shard.00001.mds.zstd' in line
+    ] != []

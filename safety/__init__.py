@@ -1,0 +1,39 @@
+"""Data from storage stays data: restricted checkpoint loading and the rule for names that become paths.
+
+Checkpoints (:mod:`reweigh.safety.checkpoints`) are loaded without running code from them; names that
+become path components or object keys (:mod:`reweigh.safety.names`) cannot leave their root. Shard
+indexes are checked against the reweigh MDS contract in :mod:`reweigh.pipeline.shards`.
+
+Example:
+    >>> from reweigh.safety import check_name, safe_checkpoint_loading
+    >>> check_name('run_name', 'tiny-cpu')
+    'tiny-cpu'
+    >>> with safe_checkpoint_loading():
+    ...     pass  # build and fit your composer.Trainer here
+"""
+
+from typing import Any
+
+from reweigh.safety.names import NAME_PATTERN, check_name, check_relative_path, is_safe_name
+
+_CHECKPOINT_NAMES = ('CHECKPOINT_ALLOWED_GLOBALS', 'UnsafeCheckpointError', 'load_checkpoint', 'safe_checkpoint_loading')
+
+__all__ = [
+    'CHECKPOINT_ALLOWED_GLOBALS',
+    'NAME_PATTERN',
+    'UnsafeCheckpointError',
+    'check_name',
+    'check_relative_path',
+    'is_safe_name',
+    'load_checkpoint',
+    'safe_checkpoint_loading',
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The checkpoint names load torch and Composer on first use, so that the name rule stays light."""
+    if name in _CHECKPOINT_NAMES:
+        from reweigh.safety import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 import torch
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
-from composer.utils import dist, parse_uri
-from composer.utils.remote_uploader import RemoteUploader
+from composer.utils import dist
 
 from reweigh.algorithms.loss_reweighting import LossReweighting
+from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +228,13 @@ class LossHistory(Callback):
         max_queued_chunks (int): Bound on microbatches waiting for the writer; training blocks (rather
             than growing memory) if the disk cannot keep up. Default: ``4096``.
         upload_to (str, optional): An object-store folder (``s3://bucket/runs/{run_name}/history``,
-            ``gs://...``, any URI Composer's ``RemoteUploader`` takes); if set, every finished part file is
-            also uploaded there, in the background, as ``{upload_to}/rank{N}/{file}``. Credentials come
-            from the environment or the standard cloud config files.
+            ``gs://...``, ``oci://...``); if set, every finished part file is also uploaded there, in the
+            background, as ``{upload_to}/rank{N}/{file}``, retried while the store is unreachable (see
+            :class:`~reweigh.pipeline.uploads.DurableUploader`). A resumed run first makes the uploaded
+            parts match the local ones up to the resumption step. Credentials come from the environment
+            or the standard cloud config files.
+        outage_limit_s (float): How long an upload may keep failing before training stops with an error
+            (kept in :attr:`upload_error` when it happens while closing). Default: 600.
 
     Example:
         >>> from reweigh.algorithms import LossHistory, LossReweighting
@@ -245,6 +249,7 @@ class LossHistory(Callback):
         flush_interval: str | int = '100ba',
         max_queued_chunks: int = 4096,
         upload_to: str | None = None,
+        outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
     ) -> None:
         interval = Time(flush_interval, TimeUnit.BATCH) if isinstance(flush_interval, int) else Time.from_timestring(
             str(flush_interval),
@@ -257,8 +262,9 @@ class LossHistory(Callback):
         self.flush_every = int(interval.value)
         self.max_queued_chunks = max_queued_chunks
         self.upload_to = upload_to
-        self._uploader: RemoteUploader | None = None
-        self._remote_path = ''
+        self.outage_limit_s = outage_limit_s
+        self.upload_error: RemoteStoreError | None = None
+        self._uploader: DurableUploader | None = None
         self.folder: Path | None = None
         self._algorithm: LossReweighting | None = None
         self._writer: _Writer | None = None
@@ -292,10 +298,35 @@ class LossHistory(Callback):
             self.folder, rank, {k.encode(): v.encode() for k, v in metadata.items()}, self.max_queued_chunks,
         )
         if self.upload_to is not None:
-            remote = self.upload_to.format(run_name=state.run_name).rstrip('/')
-            self._remote_path = parse_uri(remote)[2].rstrip('/')
-            self._uploader = RemoteUploader(remote)
+            remote = self.upload_to.format(run_name=state.run_name)
+            self._uploader = DurableUploader(remote, self.outage_limit_s, name=f'history rank{rank}',
+                                             staging_dir=str(self.folder))
             self._uploaded = 0
+            self._sync_remote(resume_step)
+
+    def _sync_remote(self, resume_step: int) -> None:
+        """Make this rank's uploaded parts equal the local ones: rows an interrupted attempt uploaded at or
+        past ``resume_step`` are dropped (a part with none left stays as an empty part; object stores here
+        cannot delete), and local parts the bucket lacks (written during an outage) go up."""
+        assert self._uploader is not None and self.folder is not None
+        store, rank_dir = self._uploader.store, self.folder.name
+        remote = {}
+        for name in store.list_objects(self._uploader.object_name(f'{rank_dir}/')):
+            match = _PART.match(name.rsplit('/', 1)[-1])
+            if match:
+                remote[name.rsplit('/', 1)[-1]] = int(match.group(2))
+        local = {path.name: last for _, last, path in part_files(self.folder)}
+        for base, last in sorted(remote.items()):
+            if last >= resume_step and base not in local:
+                partial = self.folder / f'.{base}.remote'
+                store.download_object(self._uploader.object_name(f'{rank_dir}/{base}'), str(partial), overwrite=True)
+                table = pq.read_table(partial)
+                _write_atomic(table.filter(pc.less(table['step'], resume_step)), partial)
+                self._uploader.put(partial, f'{rank_dir}/{base}')
+                partial.unlink()
+        for base, last in sorted(local.items()):
+            if base not in remote or last >= resume_step:
+                self._uploader.put(self.folder / base, f'{rank_dir}/{base}')
 
     def batch_start(self, state: State, logger: Logger) -> None:
         self._microbatch = 0
@@ -343,22 +374,30 @@ class LossHistory(Callback):
         self.close(state, logger)
 
     def close(self, state: State, logger: Logger) -> None:
+        """Write and upload what is left (waiting for the store up to the outage limit). Composer swallows
+        errors raised here, so an upload that gave up is kept in :attr:`upload_error`."""
+        uploader, self._uploader = self._uploader, None
         if self._writer is not None:
             self._writer.close()
-            self._upload_finished(state, logger)
+            if uploader is not None and uploader.error is None:
+                self._queue_finished(uploader)
             self._writer = None
-        if self._uploader is not None:
-            self._uploader.wait_and_close()
-            self._uploader = None
+        if uploader is not None:
+            try:
+                uploader.close()
+            except RemoteStoreError as e:
+                self.upload_error = e
 
     def _upload_finished(self, state: State, logger: Logger) -> None:
-        if self._uploader is None or self._writer is None:
-            return
-        self._uploader.check_workers()  # raises if an earlier upload failed
+        if self._uploader is not None and self._writer is not None:
+            self._uploader.check()  # raises if an upload gave up
+            self._queue_finished(self._uploader)
+
+    def _queue_finished(self, uploader: DurableUploader) -> None:
+        assert self._writer is not None
         finished = self._writer.finished
         for path in finished[self._uploaded:]:
-            name = f'{path.parent.name}/{path.name}'
-            self._uploader.upload_file_async(f'{self._remote_path}/{name}' if self._remote_path else name, path, True)
+            uploader.put(path, f'{path.parent.name}/{path.name}')
         self._uploaded = len(finished)
 
 

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from reweigh.algorithms import available_strategies, parse_warmup
+from reweigh.pipeline.uploads import SCHEMES as UPLOAD_SCHEMES
 from reweigh.safety.names import check_name
 
 __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_uri']
@@ -139,6 +140,9 @@ class TrainConfig:
     save_folder: Optional[str] = None
     """Local path or object-store URI; default ``{run_dir}/checkpoints``."""
     save_interval: str = '1ep'
+    object_store_outage_s: float = 600.0
+    """With a remote ``save_folder``: how long uploads keep retrying while the store is unreachable
+    before the run stops with an error (it then resumes from what is in the bucket)."""
     save_num_checkpoints_to_keep: int = -1
     autoresume: bool = False
     load_path: Optional[str] = None
@@ -364,6 +368,15 @@ def _validate(cfg: Any) -> None:
             _fail('run_dir', 'must be a local folder; put object-store URIs in save_folder.')
     if cfg.save_folder is not None:
         validate_uri('save_folder', cfg.save_folder)
+        scheme = cfg.save_folder.split('://', 1)[0] if '://' in cfg.save_folder else None
+        if scheme is not None and scheme not in UPLOAD_SCHEMES:
+            _fail('save_folder', f'checkpoints go to a local folder or {", ".join(s + "://" for s in UPLOAD_SCHEMES)}, '
+                  f'not {scheme}://.')
+        if scheme is not None and (cfg.fsdp_config or {}).get('state_dict_type') == 'sharded':
+            _fail('fsdp_config.state_dict_type', 'sharded checkpoints (folders) cannot go to a remote save_folder; '
+                  'use "full", or a local save_folder.')
+    if not cfg.object_store_outage_s > 0:
+        _fail('object_store_outage_s', f'must be > 0, got {cfg.object_store_outage_s}.')
     if cfg.load_path is not None:
         validate_uri('load_path', cfg.load_path)
         if '://' not in cfg.load_path and not Path(cfg.load_path).is_file():

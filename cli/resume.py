@@ -11,9 +11,10 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import reproducibility
 
-__all__ = ['RestoreRngOnResume', 'set_aside_interrupted_checkpoints']
+__all__ = ['CHECKPOINT_NAME', 'RestoreRngOnResume', 'set_aside_interrupted_checkpoints']
 
-_CHECKPOINT = re.compile(r'^ep(\d+)-ba(?P<batch>\d+)-rank(?P<rank>\d+)\.pt$')
+CHECKPOINT_NAME = re.compile(r'^ep(\d+)-ba(?P<batch>\d+)-rank(?P<rank>\d+)\.pt$')
+"""Composer's default checkpoint file name, ``ep{epoch}-ba{batch}-rank{rank}.pt``."""
 
 
 class RestoreRngOnResume(Callback):
@@ -73,11 +74,11 @@ def set_aside_interrupted_checkpoints(folder: str | os.PathLike, rank: int) -> l
     latest = folder / f'latest-rank{rank}.pt'
     if not folder.is_dir() or (latest.exists() and not latest.is_symlink()):
         return []
-    vouched = _CHECKPOINT.match(os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
+    vouched = CHECKPOINT_NAME.match(os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
     last_batch = int(vouched['batch']) if vouched else -1
     moved = []
     for path in sorted(folder.iterdir()):
-        match = _CHECKPOINT.match(path.name)
+        match = CHECKPOINT_NAME.match(path.name)
         if match and int(match['rank']) == rank and int(match['batch']) > last_batch:
             moved.append(path.rename(path.with_name(path.name + '.interrupted')))
     return moved

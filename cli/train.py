@@ -31,6 +31,7 @@ from reweigh.cli.builders import (
     build_scheduler,
 )
 from reweigh.cli.config import ConfigError, load_config
+from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
 from reweigh.cli.resume import RestoreRngOnResume, set_aside_interrupted_checkpoints
 from reweigh.safety import safe_checkpoint_loading
 
@@ -95,15 +96,27 @@ def train(cfg: Any) -> dict[str, Any]:
             algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
         history_folder = cfg.history.folder or str(run_dir / 'history')
         upload = _history_next_to(save_folder) if '://' in save_folder else None
-        callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload))
+        callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload,
+                                     outage_limit_s=cfg.object_store_outage_s))
 
     # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
     progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
-    if cfg.autoresume and '://' not in save_folder:
-        folder = format_name_with_dist(save_folder, cfg.run_name)
+    remote_folder = format_name_with_dist(save_folder, cfg.run_name) if '://' in save_folder else None
+    # A remote save_folder: Composer saves locally and MirrorCheckpoints uploads, riding out outages.
+    local_folder = str(run_dir / 'checkpoints') if remote_folder else save_folder
+    if cfg.autoresume:
+        folder = format_name_with_dist(local_folder, cfg.run_name)
         for path in set_aside_interrupted_checkpoints(folder, dist.get_global_rank()):
             print(f'reweigh train: {path.with_suffix("").name} is from an interrupted save; '
                   f'kept as {path}, resuming from the checkpoint before it', file=sys.stderr)
+        if remote_folder and dist.get_local_rank() == 0:
+            restored = restore_latest_from_remote(folder, remote_folder, rank=0)
+            if restored:
+                print(f'reweigh train: resuming from {remote_folder}/{restored}', file=sys.stderr)
+        dist.barrier()
+    if remote_folder:
+        callbacks.append(MirrorCheckpoints(format_name_with_dist(local_folder, cfg.run_name), remote_folder,
+                                           cfg.object_store_outage_s))
     parallelism = {'fsdp': dict(cfg.fsdp_config)} if cfg.fsdp_config else None
     # Checkpoints (autoresume, load_path; local or in a bucket) are data: loading one runs none of its code.
     with safe_checkpoint_loading():
@@ -122,7 +135,7 @@ def train(cfg: Any) -> dict[str, Any]:
             precision=cfg.precision,
             device=device,
             device_train_microbatch_size=micro if micro is not None else device_batch,
-            save_folder=save_folder,
+            save_folder=local_folder,
             save_interval=cfg.save_interval,
             save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
             save_overwrite=not cfg.autoresume,
@@ -140,6 +153,11 @@ def train(cfg: Any) -> dict[str, Any]:
         try:
             if trainer.state.timestamp >= trainer.state.max_duration:
                 print(f'reweigh train: {cfg.run_name} already trained for {cfg.max_duration}; nothing to do.')
+                # An earlier attempt may have finished training while the object store was down: upload
+                # what the bucket lacks (the callbacks do that at the start of a fit, and on close).
+                for callback in callbacks:
+                    if isinstance(callback, (MirrorCheckpoints, LossHistory)) and remote_folder:
+                        callback.fit_start(trainer.state, trainer.logger)
                 metrics = json.loads(summary_file.read_text())['eval'] if summary_file.is_file() else {}
             else:
                 trainer.fit()
@@ -150,6 +168,9 @@ def train(cfg: Any) -> dict[str, Any]:
                 }
         finally:
             trainer.close()
+    for callback in callbacks:  # an upload that gave up while closing (Composer swallows errors there)
+        if getattr(callback, 'upload_error', None) is not None:
+            raise callback.upload_error
     summary = {
         'run_name': cfg.run_name,
         'run_dir': str(run_dir),

@@ -39,7 +39,10 @@ __all__ = ['CHECKPOINT_ALLOWED_GLOBALS', 'UnsafeCheckpointError', 'load_checkpoi
 
 def _numpy_globals() -> list[Any]:
     """numpy's array and scalar reconstructors under both module names (numpy 1 pickles name ``numpy.core``)."""
-    from numpy._core import multiarray
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:
+        from numpy.core import multiarray  # type: ignore[no-redef]  # numpy 1
 
     out: list[Any] = [np.ndarray, np.dtype, (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
                       multiarray._reconstruct, (multiarray.scalar, 'numpy.core.multiarray.scalar'), multiarray.scalar]

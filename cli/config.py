@@ -379,8 +379,8 @@ def _validate(cfg: Any) -> None:
         _fail('object_store_outage_s', f'must be > 0, got {cfg.object_store_outage_s}.')
     if cfg.load_path is not None:
         validate_uri('load_path', cfg.load_path)
-        if '://' not in cfg.load_path and not Path(cfg.load_path).is_file():
-            _fail('load_path', f'{cfg.load_path!r} is not a file.')
+        if '://' not in cfg.load_path and not Path(cfg.load_path).exists():
+            _fail('load_path', f'{cfg.load_path!r} does not exist.')
     if cfg.history.folder is not None:
         validate_uri('history.folder', cfg.history.folder)
         if '://' in cfg.history.folder:

@@ -70,13 +70,10 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if looks_local else name,
                                             trust_remote_code=False, local_files_only=looks_local)
-    except ValueError as e:
+    except (OSError, ValueError, KeyError) as e:
         if 'trust_remote_code' in str(e):
             raise ValueError(f'tokenizer {name!r} needs code of its own (a custom class in auto_map); reweigh '
                              'never runs code that comes with a tokenizer') from None
-        raise ValueError(f'unknown tokenizer {name!r}: not a tokenizer folder, and not loadable from the '
-                         f'Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
-    except (OSError, KeyError) as e:
         raise ValueError(f'unknown tokenizer {name!r}: not a tokenizer folder, and not loadable from the '
                          f'Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
     if tok.eos_token_id is None:

@@ -146,6 +146,19 @@ def load_checkpoint(f: Any, map_location: Any = 'cpu', extra_globals: Sequence[A
             raise _refusal(f, e) from None
 
 
+def _unsafe_in(error: BaseException) -> UnsafeCheckpointError | None:
+    """``error`` itself, or the refusal inside the per-rank failures of a distributed-checkpoint error."""
+    if isinstance(error, UnsafeCheckpointError):
+        return error
+    failures = getattr(error, 'failures', None)
+    if isinstance(failures, dict):
+        for failure in failures.values():
+            inner = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(inner, UnsafeCheckpointError):
+                return inner
+    return None
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Python's unpickler restricted to the names a distributed checkpoint's metadata uses.
 
@@ -208,9 +221,13 @@ def safe_checkpoint_loading(extra_globals: Sequence[Any] = ()) -> Iterator[None]
         def composer_load(path: str, *args: Any, **kwargs: Any) -> Any:
             try:
                 return outer[2](path, *args, **kwargs)
-            except UnsafeCheckpointError as e:  # name the checkpoint, not the temporary copy Composer loads
+            except BaseException as e:  # torch.distributed.checkpoint wraps errors in a BaseException
+                refusal = _unsafe_in(e)
+                if refusal is None:
+                    raise
+                # Name the checkpoint the user gave, not the temporary copy Composer loads.
                 name = f'{path} -> {os.readlink(path)}' if os.path.islink(path) else str(path)
-                raise UnsafeCheckpointError(name, e.refused, e.reason) from None
+                raise UnsafeCheckpointError(name, refusal.refused, refusal.reason) from None
 
         if _depth == 0:
             _saved['torch.load'] = torch.load

@@ -118,6 +118,21 @@ def test_train_autoresume_refuses_a_crafted_checkpoint_in_the_bucket(small_datas
     assert not marker.exists()
 
 
+def test_a_bucket_pointer_that_leaves_the_checkpoint_folder_is_refused(small_dataset, streaming_shm, s3_env,
+                                                                        tmp_path, capsys):
+    import boto3
+
+    data_root, _ = small_dataset
+    client = boto3.client('s3', endpoint_url=s3_env)
+    client.put_object(Bucket='reweigh', Key='runs/pointer/checkpoints/latest-rank0.pt.symlink',
+                      Body=b'runs/pointer/../../elsewhere/ep0-ba3-rank0.pt')
+    overrides = _overrides(data_root, tmp_path / 'run', run_name='pointer', autoresume='true',
+                           save_folder='s3://reweigh/runs/{run_name}/checkpoints')
+    assert main(['train', str(TINY_CPU), *overrides]) == 2
+    _one_error_line(capsys.readouterr().err, 'latest-rank0.pt.symlink', 'not a checkpoint of that folder')
+    assert not list((tmp_path / 'run').rglob('*.pt'))
+
+
 def test_python_api_refuses_a_crafted_checkpoint_in_composer_trainer(tmp_path):
     from composer import Trainer
 
@@ -184,6 +199,29 @@ def test_sharded_checkpoint_metadata_is_read_as_data(tmp_path):
     assert isinstance(info.value, UnsafeCheckpointError) or refused, repr(info.value)
     assert (refused or [info.value])[0].refused == 'posix.system'
     assert (refused or [info.value])[0].path.endswith('.metadata')
+    assert not marker.exists()
+
+
+def test_a_refused_sharded_checkpoint_is_one_error_naming_it(tmp_path, monkeypatch):
+    """Composer loads a sharded checkpoint through torch.distributed.checkpoint, which wraps errors in a
+    CheckpointException (a BaseException, so a traceback in the CLI); the refusal inside is raised instead."""
+    import pickle
+
+    import composer.utils.checkpoint as composer_checkpoint
+    import torch.distributed.checkpoint as dcp
+
+    folder, marker = tmp_path / 'ep0-ba4', tmp_path / 'marker'
+    with pytest.warns(UserWarning):
+        dcp.save({'w': torch.ones(2)}, checkpoint_id=folder, no_dist=True)
+    (folder / '.metadata').write_bytes(pickle.dumps(Payload(marker)))
+
+    def sharded_load(path, *args, **kwargs):  # what Composer's load_checkpoint does for a sharded folder
+        dcp.load({'w': torch.zeros(2)}, checkpoint_id=path, no_dist=True)
+
+    monkeypatch.setattr(composer_checkpoint, 'load_checkpoint', sharded_load)
+    with pytest.raises(UnsafeCheckpointError, match=f"checkpoint '{folder}'.*'posix.system'"):
+        with safe_checkpoint_loading():
+            composer_checkpoint.load_checkpoint(str(folder), None, None)
     assert not marker.exists()
 
 

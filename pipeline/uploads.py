@@ -94,7 +94,6 @@ class DurableUploader:
             self.store.list_objects(self.prefix + '/')
         except Exception as e:  # botocore/google/oci raise their own error types
             raise ValueError(f'{self.remote_folder} is unreachable or not readable: {type(e).__name__}: {e}') from e
-        self.uploaded: list[str] = []
         self.error: RemoteStoreError | None = None
         if staging_dir is not None:
             os.makedirs(staging_dir, exist_ok=True)
@@ -145,7 +144,6 @@ class DurableUploader:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self.error is None and self._upload(item):
-                self.uploaded.append(item.object_name)
                 os.remove(item.staged)
 
     def _upload(self, item: _Item) -> bool:

@@ -7,9 +7,6 @@ import json
 import time
 from pathlib import Path
 
-from reweigh.cli.analysis import analyze_history, load_history, most_deprioritised_domain
-from reweigh.cli.report import write_report
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,20 +33,29 @@ def _locate(run_arg: str) -> tuple[str, dict]:
         return run_arg.rstrip('/') + ('' if run_arg.rstrip('/').endswith('/history') else '/history'), {}
     path = Path(run_arg)
     if not path.exists():
-        raise FileNotFoundError(f'{run_arg!r} does not exist.')
+        raise ValueError(f'{run_arg!r} does not exist.')
     summary_file = path / 'summary.json'
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{summary_file} cannot be read: {e}') from e
     if summary.get('history'):
         return summary['history'], summary
     return str(path / 'history') if (path / 'history').is_dir() else str(path), summary
 
 
 def run(args: argparse.Namespace) -> int:
+    from reweigh.cli.analysis import analyze_history, load_history, most_deprioritised_domain
+    from reweigh.cli.report import write_report
+
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')
     history, summary = _locate(args.target)
     start = time.perf_counter()
-    table = load_history(history)
+    try:
+        table = load_history(history)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
     analysis = analyze_history(table, windows=args.windows)
     elapsed = time.perf_counter() - start
     names: list[str] = []
@@ -58,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if dataset:
         from reweigh.pipeline import SampleLookup
 
-        lookup = SampleLookup(dataset, args.dataset_cache or summary.get('dataset_cache'))
+        try:
+            lookup = SampleLookup(dataset, args.dataset_cache or summary.get('dataset_cache'))
+        except FileNotFoundError as e:
+            raise ValueError(f'{e} (pass --dataset ROOT to name the dataset the run trained on)') from e
         names = lookup.domain_names_by_index
 
         def text_of(ids: list[int]) -> list[str]:

@@ -7,9 +7,11 @@ import sys
 from importlib.metadata import version
 from typing import Sequence
 
-from reweigh.cli import analyze_cmd, prepare_cmd, train, weights_cmd
+from reweigh.cli import analyze_cmd, prepare_cmd, train_cmd, weights_cmd
 
-_SUBCOMMANDS = (weights_cmd, prepare_cmd, train, analyze_cmd)
+# Each module registers its arguments only; its run() imports what the command needs, so that
+# `reweigh --help` and argument errors answer at once.
+_SUBCOMMANDS = (weights_cmd, prepare_cmd, train_cmd, analyze_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

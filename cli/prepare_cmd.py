@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from reweigh.pipeline import load_domains_file, parse_domain_arg, prepare_dataset, prepare_default_corpus
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reweigh.pipeline import load_domains_file, parse_domain_arg, prepare_dataset, prepare_default_corpus
+
     common = dict(seq_len=args.seq_len, val_fraction=args.val_fraction, shard_size_limit=args.shard_size_limit,
                   overwrite=args.overwrite, progress=False if args.no_progress else None)
     try:

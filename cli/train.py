@@ -21,7 +21,7 @@ from composer.core import Evaluator
 from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
 
 from reweigh.algorithms import LossHistory, LossReweighting
-from reweigh.cli import data
+from reweigh.cli import data, train_cmd
 from reweigh.cli.builders import (
     build_algorithms,
     build_callbacks,
@@ -194,35 +194,6 @@ def _history_next_to(save_folder: str) -> str:
     return f'{backend}://{bucket}/' + (f'{parent}/history' if parent else 'history')
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        'train',
-        help='train from a YAML config',
-        description='Train a model from a YAML config (llm-foundry style) with Composer. '
-        'Example: reweigh train yamls/tiny-cpu.yaml max_duration=50ba algorithms.loss_reweighting.r=0.5',
-    )
-    p.add_argument('config', help='YAML training config')
-    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='dotted overrides, e.g. max_duration=20ba')
-    p.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = train(load_config(args.config, args.overrides))
-    if dist.get_global_rank() == 0:
-        _print_summary(summary)
-    return 0
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nreweigh train: finished {summary['run_name']} after {summary['steps']} steps")
-    print(f"  checkpoints:  {summary['save_folder']}")
-    if summary['history']:
-        print(f"  loss history: {summary['history']}  (open with pyarrow.dataset; `reweigh analyze {summary['run_dir']}`)")
-    print(f"  summary:      {summary['run_dir']}/summary.json")
-    for name, value in sorted(summary['eval'].items()):
-        print(f'  {name}: {value:.4f}')
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reweigh.cli.train CONFIG [KEY=VALUE ...]`` (what Composer's launcher runs per rank)."""
     parser = argparse.ArgumentParser(prog='reweigh.cli.train')
@@ -230,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('overrides', nargs='*')
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        return train_cmd.run(args)
     except ValueError as e:  # ConfigError, UnsafeCheckpointError, unreadable data: user errors, as in `reweigh`
         print(f'reweigh train: error: {e}', file=sys.stderr)
         return 2

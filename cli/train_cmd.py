@@ -1,0 +1,41 @@
+"""``reweigh train CONFIG [KEY=VALUE ...]``: the subcommand's arguments; the work is in :mod:`reweigh.cli.train`,
+imported only when the command runs (so ``reweigh --help`` does not load torch or Composer)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'train',
+        help='train from a YAML config',
+        description='Train a model from a YAML config (llm-foundry style) with Composer. '
+        'Example: reweigh train yamls/tiny-cpu.yaml max_duration=50ba algorithms.loss_reweighting.r=0.5',
+    )
+    p.add_argument('config', help='YAML training config')
+    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='dotted overrides, e.g. max_duration=20ba')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from composer.utils import dist
+
+    from reweigh.cli.config import load_config
+    from reweigh.cli.train import train
+
+    summary = train(load_config(args.config, args.overrides))
+    if dist.get_global_rank() == 0:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nreweigh train: finished {summary['run_name']} after {summary['steps']} steps")
+    print(f"  checkpoints:  {summary['save_folder']}")
+    if summary['history']:
+        print(f"  loss history: {summary['history']}  (open with pyarrow.dataset; `reweigh analyze {summary['run_dir']}`)")
+    print(f"  summary:      {summary['run_dir']}/summary.json")
+    for name, value in sorted(summary['eval'].items()):
+        print(f'  {name}: {value:.4f}')

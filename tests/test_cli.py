@@ -1,0 +1,57 @@
+"""The `reweigh` command itself: it starts without loading the training stack, and user errors are one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from reweigh.cli.main import main
+
+HEAVY = ('torch', 'composer', 'streaming', 'transformers', 'duckdb', 'matplotlib', 'pyarrow', 'numpy')
+
+
+def test_parsing_arguments_imports_nothing_heavy():
+    """`reweigh --help`, `reweigh COMMAND --help` and argument errors answer before any heavy import."""
+    code = ('import sys\nfrom reweigh.cli.main import build_parser\nparser = build_parser()\n'
+            'for argv in (["train", "--help"], ["analyze", "--help"], ["prepare", "--help"], ["weights", "--help"]):\n'
+            '    try:\n        parser.parse_args(argv)\n    except SystemExit:\n        pass\n'
+            f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == '[]'
+
+
+def _one_line(err: str) -> str:
+    assert 'Traceback' not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_weights_subcommand_prints_the_weights(capsys):
+    assert main(['weights', '1', '1']) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ['1\t0.500000', '1\t0.500000']
+    assert main(['weights', '1', '2', '--strategy', 'fancy']) == 2
+    assert "'fancy'" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize('case', ['missing-path', 'empty-history', 'broken-summary', 'missing-dataset'])
+def test_analyze_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys):
+    from test_analysis import synthetic_history
+
+    target = tmp_path / 'run'
+    if case == 'empty-history':
+        (target / 'history').mkdir(parents=True)
+    elif case == 'broken-summary':
+        target.mkdir()
+        (target / 'summary.json').write_text('{not json')
+    elif case == 'missing-dataset':
+        synthetic_history(target / 'history')
+        (target / 'summary.json').write_text(f'{{"history": "{target / "history"}", "dataset": "{tmp_path / "gone"}"}}')
+    args = ['analyze', str(target if case != 'missing-path' else tmp_path / 'nonexistent'), '--out', str(tmp_path / 'out')]
+    assert main(args) == 2
+    line = _one_line(capsys.readouterr().err)
+    expected = {'missing-path': 'does not exist', 'empty-history': 'no loss-history part files',
+                'broken-summary': 'summary.json cannot be read', 'missing-dataset': 'holds no prepared dataset'}[case]
+    assert line.startswith('reweigh analyze: error:') and expected in line

@@ -115,9 +115,9 @@ def truncate_history(folder: str | Path, step: int) -> int:
 
 def _readable(path: Path) -> bool:
     try:
-        pq.ParquetFile(path).metadata
+        _ = pq.ParquetFile(path).metadata
     except (pa.ArrowException, OSError) as e:
-        warnings.warn(f'LossHistory: part file {path} is unreadable ({e}).')
+        warnings.warn(f'LossHistory: part file {path} is unreadable ({e}).', stacklevel=2)
         return False
     return True
 
@@ -339,7 +339,8 @@ class LossHistory(Callback):
         batch = state.batch if isinstance(state.batch, dict) else {}
         missing = torch.full((n,), -1, dtype=torch.int64, device=record.losses.device)
         if 'sample_id' not in batch and not self._warned_ids:
-            warnings.warn('LossHistory: batches carry no "sample_id"; rows are recorded with sample_id -1.')
+            warnings.warn('LossHistory: batches carry no "sample_id"; rows are recorded with sample_id -1.',
+                          stacklevel=2)
             self._warned_ids = True
         ints = torch.stack([
             batch.get('sample_id', missing).reshape(n).to(torch.int64),

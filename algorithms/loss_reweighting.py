@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
@@ -285,5 +285,6 @@ class LossReweighting(Algorithm):
             warnings.warn(
                 'LossReweighting settings differ from the checkpoint; continuing with the new ones: ' +
                 ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items()),
+                stacklevel=2,
             )
         self._nonfinite_total = float(state.get('nonfinite_total', 0))

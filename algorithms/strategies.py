@@ -8,7 +8,7 @@ users can add their own with :func:`register_strategy`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from reweigh.algorithms.strategies import Strategy, available_strategies, get_strategy
+from reweigh.algorithms.strategies import Strategy, get_strategy
 
 __all__ = [
     'WeightStats',

@@ -49,10 +49,10 @@ def load_history(path: str, filesystem: pafs.FileSystem | None = None) -> pa.Tab
     readable = []
     for f in files:
         try:
-            pq.ParquetFile(f, filesystem=filesystem).metadata
+            _ = pq.ParquetFile(f, filesystem=filesystem).metadata
             readable.append(f)
         except (pa.ArrowException, OSError) as e:
-            warnings.warn(f'skipping unreadable history part {f}: {e}')
+            warnings.warn(f'skipping unreadable history part {f}: {e}', stacklevel=2)
     return pads.dataset(readable, schema=HISTORY_SCHEMA, format='parquet', filesystem=filesystem).to_table()
 
 

@@ -10,9 +10,11 @@ from reweigh.cli.config import ConfigError
 from reweigh.pipeline import (
     build_eval_dataloaders,
     build_train_dataloader,
-    load_tokenizer as load_named_tokenizer,
     prepare_default_corpus,
     read_manifest,
+)
+from reweigh.pipeline import (
+    load_tokenizer as load_named_tokenizer,
 )
 from reweigh.pipeline.lookup import SampleLookup
 

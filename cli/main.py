@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from importlib.metadata import version
-from typing import Sequence
 
 from reweigh.cli import analyze_cmd, prepare_cmd, train_cmd, weights_cmd
 

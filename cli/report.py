@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib
 
@@ -129,7 +129,8 @@ def write_report(
                   f'{row["mean_rel_weight"]:.3f} x uniform after warm-up; {row["weight_share"]:.1%} of the weight '
                   f'for {row["row_share"]:.1%} of the rows).']
     cols = ['domain_name', 'rows', 'samples', 'mean_loss']
-    fmts = {'mean_loss': '.4f', 'mean_rel_weight': '.4f', 'mean_loss_reweighted': '.4f', 'weight_share': '.3f', 'row_share': '.3f'}
+    fmts = {'mean_loss': '.4f', 'mean_rel_weight': '.4f', 'mean_loss_reweighted': '.4f',
+            'weight_share': '.3f', 'row_share': '.3f'}
     if analysis.first_active_step is not None:
         cols += ['mean_loss_reweighted', 'mean_rel_weight', 'weight_share', 'row_share']
     lines += ['', '## Domains', '', _markdown_table(summary, cols, fmts), '',

@@ -12,8 +12,9 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from composer import Trainer
@@ -30,7 +31,7 @@ from reweigh.cli.builders import (
     build_optimizer,
     build_scheduler,
 )
-from reweigh.cli.config import ConfigError, load_config
+from reweigh.cli.config import ConfigError
 from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
 from reweigh.cli.resume import RestoreRngOnResume, set_aside_interrupted_checkpoints
 from reweigh.safety import safe_checkpoint_loading

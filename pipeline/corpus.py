@@ -31,8 +31,8 @@ import re
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from reweigh.pipeline.sources import Document, DomainSpec
 

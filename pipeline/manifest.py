@@ -99,7 +99,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> 'Manifest':
+    def from_json(cls, text: str) -> Manifest:
         """Parse a manifest.
 
         Raises:

@@ -31,9 +31,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -147,7 +148,7 @@ def prepare_dataset(
                                            compression, shard_size_limit, progress))
             manifest = Manifest(
                 seq_len=seq_len, domains=infos, fingerprint=fingerprint, source=source, config=config,
-                tokenizer={'path': 'tokenizer', 'source': tokenizer or f'byte-level BPE trained on this corpus',
+                tokenizer={'path': 'tokenizer', 'source': tokenizer or 'byte-level BPE trained on this corpus',
                            'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
                            'pad_token_id': tok.pad_token_id, 'eos_token': tok.eos_token,
                            'files': sorted(os.listdir(os.path.join(local_root, 'tokenizer')))},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = ['emulator_env', 's3_emulator']
 

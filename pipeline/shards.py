@@ -20,7 +20,8 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from reweigh.safety.names import check_relative_path
 

@@ -29,7 +29,8 @@ import os
 import pickle
 import re
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

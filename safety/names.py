@@ -12,7 +12,7 @@ Example:
     >>> check_name('domain', '../etc')
     Traceback (most recent call last):
     ...
-    ValueError: domain '../etc' may not become a path: use 1-128 ASCII letters, digits, "_", "-", "." starting with a letter or digit (no "/", "\\", "..", spaces or control characters)
+    ValueError: domain '../etc' may not become a path: use 1-128 ASCII letters, digits, "_", "-", "." ...
     >>> check_relative_path('tokenizer file', 'tokenizer/vocab.json')
     'tokenizer/vocab.json'
 """

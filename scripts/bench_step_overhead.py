@@ -12,10 +12,11 @@ that machine noise hits every arm alike):
   shifted *copy* of the logits, and a ``.item()`` host sync every step), for comparison.
 
 Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
-and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START`` to ``BATCH_END`` (with ``torch.cuda.synchronize`` at
-both ends on CUDA). The first ``--warmup-steps`` of each arm are dropped. Ratios are of medians from
-this one run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per arm; on CPU (``--cpu-memory``)
-the peak resident set size of a separate process that trains only that arm for 3 steps.
+and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START``
+to ``BATCH_END`` (with ``torch.cuda.synchronize`` at both ends on CUDA). The first ``--warmup-steps`` of
+each arm are dropped. Ratios are of medians from this one run. Peak memory: on CUDA
+``torch.cuda.max_memory_allocated`` per arm; on CPU (``--cpu-memory``) the peak resident set size of a
+separate process that trains only that arm for 3 steps.
 
 Example:
     python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
@@ -187,9 +188,9 @@ def main() -> None:
 
     arms = {arm: build_arm(arm, args, args.device) for arm in args.arms}
     peak: dict[str, float] = {}
-    for arm, (trainer, _) in arms.items():
+    for trainer, _ in arms.values():
         trainer.fit(duration=f'{args.warmup_steps}ba')
-    for arm, (trainer, timer) in arms.items():
+    for trainer, timer in arms.values():
         timer.times.clear()
         for algorithm in trainer.state.algorithms:
             if isinstance(algorithm, TimedLossReweighting):
@@ -215,7 +216,8 @@ def main() -> None:
             peak[arm] = float(out.rsplit('peak_rss_mib=', 1)[1])
 
     medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
-    baseline = {'plain': 'plain', 'fast': 'plain', 'history': 'plain', 'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
+    baseline = {'plain': 'plain', 'fast': 'plain', 'history': 'plain',
+                'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
     print(f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}')
     print(

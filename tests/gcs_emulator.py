@@ -16,8 +16,8 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ['gcs_emulator']
 

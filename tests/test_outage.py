@@ -17,9 +17,9 @@ from pathlib import Path
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from test_train_cli import TINY_CPU, _overrides
 
 from reweigh.pipeline.s3_emulator import emulator_env
-from test_train_cli import TINY_CPU, _overrides
 
 STEPS, EVERY = 24, 4
 

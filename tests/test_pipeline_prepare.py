@@ -7,11 +7,20 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import SMALL
+
 from reweigh.cli.main import main
-from reweigh.pipeline import (DEFAULT_DOMAINS, SampleLookup, build_train_dataloader, default_corpus, make_sample_id,
-                              parse_domain_arg, prepare_dataset, read_manifest, split_sample_id)
+from reweigh.pipeline import (
+    DEFAULT_DOMAINS,
+    SampleLookup,
+    build_train_dataloader,
+    default_corpus,
+    make_sample_id,
+    parse_domain_arg,
+    prepare_dataset,
+    read_manifest,
+    split_sample_id,
+)
 from reweigh.pipeline.corpus import stdlib_dir
 from reweigh.pipeline.sources import DomainSpec, iter_documents, load_domains_file
 

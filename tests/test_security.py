@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_train_cli import TINY_CPU, _overrides
 
 from reweigh.algorithms import HISTORY_SCHEMA, build_causal_lm
 from reweigh.cli.config import ConfigError, load_config
@@ -29,7 +30,6 @@ from reweigh.pipeline import SampleLookup, build_train_dataloader, read_manifest
 from reweigh.pipeline.ids import make_sample_id
 from reweigh.pipeline.sources import parse_domain_arg
 from reweigh.safety import UnsafeCheckpointError, load_checkpoint, safe_checkpoint_loading
-from test_train_cli import TINY_CPU, _overrides
 
 
 class Payload:
@@ -386,7 +386,7 @@ def test_a_dataset_tokenizer_with_code_is_refused(small_dataset, streaming_shm, 
     evil = _copy(small_dataset[0], tmp_path / 'evil')
     _evil_tokenizer(evil / 'tokenizer', marker)
     with pytest.raises(ValueError, match='needs code of its own'):
-        SampleLookup(evil).tokenizer
+        _ = SampleLookup(evil).tokenizer
     assert main(['train', str(TINY_CPU), *_overrides(evil, tmp_path / 'run')]) == 2
     _one_error_line(capsys.readouterr().err, 'needs code of its own')
     assert not marker.exists()

@@ -1,4 +1,4 @@
-"""The examples in the public docstrings (reweigh.algorithms, reweigh.safety) run and print what they say."""
+"""The examples in the public docstrings (reweigh.algorithms, reweigh.cli, reweigh.safety) run and print what they say."""
 
 import doctest
 import importlib
@@ -7,10 +7,11 @@ import pkgutil
 import pytest
 
 import reweigh.algorithms
+import reweigh.cli
 import reweigh.safety
 
 MODULES = sorted(
-    name for package in (reweigh.algorithms, reweigh.safety)
+    name for package in (reweigh.algorithms, reweigh.cli, reweigh.safety)
     for _, name, _ in pkgutil.iter_modules(package.__path__, prefix=f'{package.__name__}.')
 ) + ['reweigh.algorithms', 'reweigh.safety']
 

@@ -186,7 +186,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         >>> import tempfile, os
         >>> from reweigh.cli.config import load_config
         >>> yaml = 'run_name: demo\\nmax_duration: 10ba\\nglobal_train_batch_size: 8\\n'
-        >>> yaml += 'train_loader: {dataset: {local: ./data}}\\n'
+        >>> yaml += f'train_loader: {{dataset: {{local: {tempfile.mkdtemp()}}}}}\\n'
         >>> with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:
         ...     _ = f.write(yaml)
         >>> cfg = load_config(f.name, ['algorithms.loss_reweighting.r=0.5'])

@@ -312,9 +312,9 @@ class LossHistory(Callback):
         store, rank_dir = self._uploader.store, self.folder.name
         remote = {}
         for name in store.list_objects(self._uploader.object_name(f'{rank_dir}/')):
-            match = _PART.match(name.rsplit('/', 1)[-1])
-            if match:
-                remote[name.rsplit('/', 1)[-1]] = int(match.group(2))
+            base = name.rsplit('/', 1)[-1]
+            if match := _PART.match(base):
+                remote[base] = int(match.group(2))
         local = {path.name: last for _, last, path in part_files(self.folder)}
         for base, last in sorted(remote.items()):
             if last >= resume_step and base not in local:

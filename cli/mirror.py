@@ -25,7 +25,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from reweigh.cli.resume import CHECKPOINT_NAME
-from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_store
+from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_key, object_store
 
 __all__ = ['MirrorCheckpoints', 'restore_latest_from_remote']
 
@@ -74,9 +74,6 @@ class MirrorCheckpoints(Callback):
         self._uploader.put_text(self._uploader.object_name(target), _latest(dist.get_global_rank()) + '.symlink')
         self._mirrored = target
 
-    def batch_end(self, state: State, logger: Logger) -> None:
-        self._mirror_new()
-
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         self._mirror_new()
 
@@ -105,7 +102,7 @@ class MirrorCheckpoints(Callback):
 
 def _remote_pointer(store: Any, prefix: str, rank: int) -> str | None:
     """The checkpoint file name the bucket's ``latest-rank{rank}.pt.symlink`` names (None if there is none)."""
-    pointer = f'{prefix}/{_latest(rank)}.symlink' if prefix else f'{_latest(rank)}.symlink'
+    pointer = object_key(prefix, f'{_latest(rank)}.symlink')
     with tempfile.TemporaryDirectory() as tmp:
         try:
             store.download_object(pointer, os.path.join(tmp, 'pointer'), overwrite=True)
@@ -140,7 +137,7 @@ def restore_latest_from_remote(local_folder: str | os.PathLike, remote_folder: s
     local_folder.mkdir(parents=True, exist_ok=True)
     partial = local_folder / f'.{name}.download'
     try:
-        store.download_object(f'{prefix}/{name}' if prefix else name, str(partial), overwrite=True)
+        store.download_object(object_key(prefix, name), str(partial), overwrite=True)
     except Exception as e:  # botocore/google/oci raise their own error types
         raise ValueError(f'cannot download {remote_folder}/{name}: {type(e).__name__}: {e}') from e
     partial.rename(local_folder / name)

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-__all__ = ['DEFAULT_OUTAGE_LIMIT_S', 'DurableUploader', 'RemoteStoreError', 'object_store']
+__all__ = ['DEFAULT_OUTAGE_LIMIT_S', 'DurableUploader', 'RemoteStoreError', 'object_key', 'object_store']
 
 DEFAULT_OUTAGE_LIMIT_S = 600.0
 """How long one upload keeps retrying while the store is unreachable before the run gives up."""
@@ -61,6 +61,11 @@ def object_store(uri: str) -> tuple[Any, str]:
     if backend not in SCHEMES:
         raise ValueError(f'{uri}: uploads need one of {", ".join(s + "://" for s in SCHEMES)}')
     return build_remote_backend(backend, {'bucket': bucket}), path.strip('/')
+
+
+def object_key(prefix: str, relative: str) -> str:
+    """The object name of ``relative`` under the object-name ``prefix`` (which may be empty)."""
+    return f'{prefix}/{relative}' if prefix else relative
 
 
 class _Item(NamedTuple):
@@ -105,12 +110,12 @@ class DurableUploader:
 
     def object_name(self, relative: str) -> str:
         """The object name of ``relative`` under the remote folder."""
-        return f'{self.prefix}/{relative}' if self.prefix else relative
+        return object_key(self.prefix, relative)
 
     def put(self, local_path: str | os.PathLike, relative: str) -> None:
         """Queue ``local_path`` for upload as ``{remote_folder}/{relative}`` (a link or copy is taken now)."""
         self.check()
-        staged = os.path.join(self._staging, f'{next(self._count):09d}-{os.path.basename(relative)}')
+        staged = self._staged(relative)
         try:
             os.link(local_path, staged)
         except OSError:  # another file system
@@ -119,10 +124,14 @@ class DurableUploader:
 
     def put_text(self, text: str, relative: str) -> None:
         """Queue a small text object (e.g. a ``.symlink`` pointer) for upload as ``relative``."""
-        with tempfile.NamedTemporaryFile('w', dir=self._staging, delete=False, suffix='.txt') as f:
+        self.check()
+        staged = self._staged(relative)
+        with open(staged, 'w') as f:
             f.write(text)
-        self.put(f.name, relative)
-        os.remove(f.name)
+        self._queue.put(_Item(staged, self.object_name(relative)))
+
+    def _staged(self, relative: str) -> str:
+        return os.path.join(self._staging, f'{next(self._count):09d}-{os.path.basename(relative)}')
 
     def check(self) -> None:
         """Raise :class:`RemoteStoreError` if an upload gave up."""

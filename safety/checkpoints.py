@@ -86,8 +86,8 @@ Entries are objects, or ``(object, 'module.name')`` for an object pickled under 
 
 _GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
 _lock = threading.Lock()
-_depth = 0
-_saved: dict[str, Any] = {}
+_TORCH_LOAD = torch.load
+"""torch's own loader, which the restricted one calls (inside the block ``torch.load`` is replaced)."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -139,10 +139,9 @@ def load_checkpoint(f: Any, map_location: Any = 'cpu', extra_globals: Sequence[A
     """
     kwargs.pop('weights_only', None)
     kwargs.pop('pickle_module', None)
-    load = _saved.get('torch.load', torch.load)
     with torch.serialization.safe_globals([*CHECKPOINT_ALLOWED_GLOBALS, *extra_globals]):
         try:
-            return load(f, map_location=map_location, weights_only=True, **kwargs)
+            return _TORCH_LOAD(f, map_location=map_location, weights_only=True, **kwargs)
         except pickle.UnpicklingError as e:
             raise _refusal(f, e) from None
 
@@ -211,8 +210,6 @@ def safe_checkpoint_loading(extra_globals: Sequence[Any] = ()) -> Iterator[None]
     from composer.utils import checkpoint as composer_checkpoint
     from torch.distributed.checkpoint import filesystem
 
-    global _depth
-
     def restricted(f: Any, map_location: Any = None, pickle_module: Any = None, **kwargs: Any) -> Any:
         return load_checkpoint(f, map_location=map_location, extra_globals=extra_globals, **kwargs)
 
@@ -230,9 +227,6 @@ def safe_checkpoint_loading(extra_globals: Sequence[Any] = ()) -> Iterator[None]
                 name = f'{path} -> {os.readlink(path)}' if os.path.islink(path) else str(path)
                 raise UnsafeCheckpointError(name, refusal.refused, refusal.reason) from None
 
-        if _depth == 0:
-            _saved['torch.load'] = torch.load
-        _depth += 1
         torch.load = restricted
         filesystem.pickle = _RestrictedPickle()  # type: ignore[assignment]
         composer_checkpoint.load_checkpoint = composer_load
@@ -241,6 +235,3 @@ def safe_checkpoint_loading(extra_globals: Sequence[Any] = ()) -> Iterator[None]
     finally:
         with _lock:
             torch.load, filesystem.pickle, composer_checkpoint.load_checkpoint = outer
-            _depth -= 1
-            if _depth == 0:
-                _saved.clear()

@@ -11,11 +11,19 @@ Example:
     tensor([0.2500, 0.2500, 0.2500, 0.2500])
 """
 
-from reweigh.algorithms.causal_lm import PER_SAMPLE_LOSS_KEY, ReweighCausalLM, build_causal_lm
+from reweigh.algorithms.causal_lm import TOKEN_LOSS_KEY, ReweighCausalLM, build_causal_lm
 from reweigh.algorithms.gather import GlobalBatch, gather_global_batch
 from reweigh.algorithms.history import HISTORY_SCHEMA, LossHistory, part_files, truncate_history
+from reweigh.algorithms.linear_ce import LOSS_IMPLS, linear_cross_entropy
 from reweigh.algorithms.loss_reweighting import LossReweighting, MicrobatchWeights, parse_warmup
-from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.losses import (
+    PER_SAMPLE_LOSS_KEY,
+    PerSampleLoss,
+    per_sample_loss,
+    per_sample_mean,
+    reweighted_loss,
+    shift_labels,
+)
 from reweigh.algorithms.strategies import available_strategies, get_strategy, register_strategy
 from reweigh.algorithms.weights import (
     WeightStats,
@@ -27,7 +35,9 @@ from reweigh.algorithms.weights import (
 
 __all__ = [
     'HISTORY_SCHEMA',
+    'LOSS_IMPLS',
     'PER_SAMPLE_LOSS_KEY',
+    'TOKEN_LOSS_KEY',
     'GlobalBatch',
     'LossHistory',
     'LossReweighting',
@@ -40,12 +50,15 @@ __all__ = [
     'compute_sample_weights',
     'gather_global_batch',
     'get_strategy',
+    'linear_cross_entropy',
     'normalize_losses',
     'parse_warmup',
     'part_files',
     'per_sample_loss',
+    'per_sample_mean',
     'register_strategy',
     'reweighted_loss',
+    'shift_labels',
     'token_normalize_weights',
     'truncate_history',
     'weight_stats',

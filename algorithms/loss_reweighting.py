@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Mapping
@@ -12,10 +13,9 @@ from composer.core import Algorithm, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
-from reweigh.algorithms.causal_lm import PER_SAMPLE_LOSS_KEY
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
 from reweigh.algorithms.gather import gather_global_batch
-from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, PerSampleLoss, per_sample_loss, reweighted_loss
 from reweigh.algorithms.weights import (
     WeightStats,
     compute_sample_weights,
@@ -97,7 +97,17 @@ class LossReweighting(Algorithm):
       loss is left untouched (so such runs equal plain training bit for bit); weights and metrics are
       still computed and logged.
     * Microbatching: weights are normalised per microbatch over all ranks; each microbatch's
-      reweighted loss is a weighted mean, which is what Composer's microbatch loss scaling expects.
+      reweighted loss is a weighted mean, which Composer scales by the microbatch's share of the batch.
+      The update of a step is ``sum_k (N_k / N) sum_{i in k} w_i grad(l_i)`` over the global
+      microbatches ``k`` (``N_k`` samples each, ``N`` in the batch). With
+      ``Trainer(accumulate_train_batch_on_tokens=True)`` (llm-foundry's default) Composer scales each
+      rank's microbatch loss by ``t_k / T_bar`` instead (its tokens over the rank-mean tokens of the
+      batch, as the data spec's ``get_num_tokens_in_batch(token_type='loss_generating')`` counts them),
+      which would give samples on a rank or microbatch with more tokens more weight than ``w_i``; the
+      algorithm multiplies its loss by ``(n_k / t_k) * (T / N)`` (``n_k`` the rank's microbatch samples,
+      ``T / N`` the batch's tokens per sample over all ranks: one all-reduce per batch, no host sync) so
+      that the update is the same as with sample accumulation. A microbatch with no loss-generating
+      tokens gets Composer's factor 0 and cannot be corrected.
     * Non-finite losses get weight 0 and are counted; if every loss is non-finite the step's loss
       stays non-finite.
 
@@ -159,6 +169,8 @@ class LossReweighting(Algorithm):
         self._batch_active = False
         self._nonfinite_total = 0.0
         self._warned_generic = False
+        self._token_spec: Any = None  # the Trainer's DataSpec while it accumulates on tokens
+        self._tokens_per_sample: torch.Tensor | None = None  # T / N of the current batch, all ranks
         self.last_microbatch: MicrobatchWeights | None = None
 
     def __repr__(self) -> str:
@@ -168,17 +180,56 @@ class LossReweighting(Algorithm):
         )
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.BATCH_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+        return event in (Event.FIT_START, Event.BATCH_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.AFTER_LOSS:
             self._reweight(state)
         elif event == Event.BATCH_START:
             self._batch_stats = []
+            needed = self._token_spec is not None and self.strategy != 'uniform' and not self.in_warmup(state)
+            self._tokens_per_sample = self._batch_tokens_per_sample(state) if needed else None
         elif event == Event.BATCH_END:
             self._log_batch(state, logger)
+        elif event == Event.FIT_START:
+            trainer = _calling_trainer()
+            on_tokens = trainer is not None and bool(getattr(trainer, 'accumulate_train_batch_on_tokens', False))
+            self._token_spec = getattr(trainer, '_train_data_spec', None) if on_tokens else None
+            if on_tokens and self._token_spec is None:
+                raise ValueError(
+                    'LossReweighting cannot find the data spec of a Trainer with accumulate_train_batch_on_tokens=True '
+                    'to keep its update exact; pass accumulate_train_batch_on_tokens=False.',
+                )
         else:
+            self._token_spec = self._tokens_per_sample = None
             self._metrics.flush(logger)
+
+    def _batch_tokens_per_sample(self, state: State) -> torch.Tensor:
+        """Loss-generating tokens per sample of the whole batch over all ranks (what Composer's ``T_bar / N_bar`` is)."""
+        spec = self._token_spec
+        counts = torch.tensor(
+            [spec.get_num_samples_in_batch(state.batch), spec.get_num_tokens_in_batch(state.batch, token_type='loss_generating')],
+            dtype=torch.float64,
+        )
+        counts = state.device.tensor_to_device(counts)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(counts, reduce_operation='SUM')
+        return counts[1] / counts[0]
+
+    def _undo_token_scaling(self, state: State, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * (n_k / t_k) * (T / N)``: Composer's token factor ``t_k / T_bar`` becomes the sample factor ``n_k / N_bar``."""
+        spec, tokens_per_sample = self._token_spec, self._tokens_per_sample
+        if spec is None or tokens_per_sample is None:
+            return loss
+        samples = spec.get_num_samples_in_batch(state.batch)
+        tokens = spec.get_num_tokens_in_batch(state.batch, token_type='loss_generating')
+        if isinstance(tokens, torch.Tensor):  # a data spec that counts on the device: stay there
+            factor = torch.where(tokens > 0, samples * tokens_per_sample / tokens.clamp(min=1), 1.0)
+        elif tokens > 0:
+            factor = tokens_per_sample * (samples / tokens)
+        else:  # Composer scales this microbatch by 0 anyway
+            return loss
+        return loss * factor.to(loss.dtype)
 
     def in_warmup(self, state: State) -> bool:
         """Whether ``state`` is still inside the uniform warm-up."""
@@ -236,7 +287,7 @@ class LossReweighting(Algorithm):
         active = not warm and self.strategy != 'uniform'
         local_weights = weights[batch.local]
         if active:
-            state.loss = reweighted_loss(per_sample.loss, local_weights, dist.get_world_size())
+            state.loss = self._undo_token_scaling(state, reweighted_loss(per_sample.loss, local_weights, dist.get_world_size()))
         self.last_microbatch = MicrobatchWeights(
             per_sample.loss.detach().float(), per_sample.tokens, local_weights, r, active,
         )
@@ -288,3 +339,23 @@ class LossReweighting(Algorithm):
                 stacklevel=2,
             )
         self._nonfinite_total = float(state.get('nonfinite_total', 0))
+
+
+def _calling_trainer() -> Any:
+    """The Composer ``Trainer`` whose engine is running this event, found on the call stack (``None`` if none).
+
+    Composer's ``State`` does not record ``accumulate_train_batch_on_tokens`` nor the train ``DataSpec``;
+    only the Trainer (whose ``fit`` runs ``Event.FIT_START``) knows them.
+    """
+    from composer import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get('self')
+            if isinstance(candidate, Trainer):
+                return candidate
+            frame = frame.f_back
+        return None
+    finally:
+        del frame

@@ -7,7 +7,14 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-__all__ = ['PerSampleLoss', 'per_sample_loss', 'reweighted_loss']
+__all__ = ['PER_SAMPLE_LOSS_KEY', 'PerSampleLoss', 'per_sample_loss', 'per_sample_mean', 'reweighted_loss', 'shift_labels']
+
+PER_SAMPLE_LOSS_KEY = 'per_sample_loss'
+"""Key under which a model's outputs carry a :class:`PerSampleLoss` for :class:`~reweigh.algorithms.LossReweighting`.
+
+Any ComposerModel can opt into the fast path by storing ``outputs[PER_SAMPLE_LOSS_KEY]`` (a mapping
+output such as a dict or a Hugging Face ``ModelOutput``) in its ``loss()``.
+"""
 
 
 class PerSampleLoss(NamedTuple):
@@ -52,14 +59,49 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
             f'Expected logits (batch, seq, vocab) and labels (batch, seq), got {tuple(logits.shape)} '
             f'and {tuple(labels.shape)}.',
         )
-    targets = torch.full_like(labels, ignore_index)
-    targets[:, :-1] = labels[:, 1:]
+    targets = shift_labels(labels, ignore_index)
     token_loss = F.cross_entropy(
         logits.flatten(0, 1),
         targets.flatten(),
         ignore_index=ignore_index,
         reduction='none',
     ).view_as(targets)
+    return per_sample_mean(token_loss, targets, ignore_index)
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token targets for Hugging Face style ``labels``: ``targets[:, t] = labels[:, t + 1]``.
+
+    The last position predicts nothing and gets ``ignore_index``.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import shift_labels
+        >>> shift_labels(torch.tensor([[5, 6, 7]]))
+        tensor([[   6,    7, -100]])
+    """
+    targets = torch.full_like(labels, ignore_index)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
+
+
+def per_sample_mean(token_loss: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> PerSampleLoss:
+    """Mean of each row's token losses over its non-ignored targets (0 for a row without any).
+
+    Args:
+        token_loss (torch.Tensor): ``(batch, seq)`` per-token losses, 0 where the target is ignored.
+        targets (torch.Tensor): ``(batch, seq)`` shifted targets (see :func:`shift_labels`).
+        ignore_index (int): Target value without a loss. Default: ``-100``.
+
+    Returns:
+        PerSampleLoss: ``loss`` (float32, differentiable) and ``tokens`` (int64), each ``(batch,)``.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms import per_sample_mean
+        >>> per_sample_mean(torch.tensor([[1.0, 3.0], [2.0, 0.0]]), torch.tensor([[4, 5], [4, -100]])).loss
+        tensor([2., 2.])
+    """
     tokens = (targets != ignore_index).sum(dim=1)
     loss = token_loss.float().sum(dim=1) / tokens.clamp(min=1)
     return PerSampleLoss(loss, tokens)

@@ -44,7 +44,9 @@ def build_model(cfg: Any, vocab_size: int, tokenizer: Any = None) -> ReweighCaus
             if value is not None:
                 config.setdefault(key, value)
     try:
-        return build_causal_lm(cfg.model.family, tokenizer=tokenizer, **config)
+        return build_causal_lm(
+            cfg.model.family, tokenizer=tokenizer, loss_impl=cfg.model.loss_impl, chunk_size=cfg.model.chunk_size, **config,
+        )
     except ValueError as e:
         raise ConfigError(f"config key 'model.config': {e}") from e
 

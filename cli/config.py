@@ -37,6 +37,10 @@ class ModelConfig:
     """``gpt2`` or ``llama``: the model is built from its ``transformers`` config (no download)."""
     config: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of ``GPT2Config``/``LlamaConfig``; ``vocab_size`` defaults to the tokenizer's."""
+    loss_impl: str = 'auto'
+    """``auto``, ``chunked``, ``cce`` or ``materialized``: how the loss is computed (see ``ReweighCausalLM``)."""
+    chunk_size: Optional[int] = None
+    """Tokens per chunk of the ``chunked`` loss; default: 256 MiB of fp32 logits per chunk."""
 
 
 @dataclass
@@ -283,6 +287,17 @@ def _validate(cfg: Any) -> None:
     for k in cfg.model.config:
         if not hasattr(defaults, k):
             _fail(f'model.config.{k}', f'not a {config_cls.__name__} field.')
+    from reweigh.algorithms.linear_ce import LOSS_IMPLS
+
+    if cfg.model.loss_impl not in LOSS_IMPLS:
+        _fail('model.loss_impl', f'{cfg.model.loss_impl!r} is not one of {", ".join(LOSS_IMPLS)}.')
+    if cfg.model.loss_impl == 'cce':
+        from reweigh.algorithms.linear_ce import cce_available
+
+        if not cce_available():
+            _fail('model.loss_impl', "'cce' needs the cut-cross-entropy package: pip install 'reweigh[cce]'.")
+    if cfg.model.chunk_size is not None and cfg.model.chunk_size < 1:
+        _fail('model.chunk_size', f'must be >= 1, got {cfg.model.chunk_size}.')
 
     for loader_key in ('train_loader', 'eval_loader'):
         loader = cfg[loader_key]
@@ -389,3 +404,22 @@ def _validate(cfg: Any) -> None:
     _check_time('history.flush_interval', cfg.history.flush_interval, (TimeUnit.BATCH,))
     if cfg.dist_timeout <= 0:
         _fail('dist_timeout', f'must be > 0, got {cfg.dist_timeout}.')
+    _validate_cpu_run(cfg)
+
+
+def _validate_cpu_run(cfg: Any) -> None:
+    """What cannot run without a GPU: mixed precision and FSDP under Composer 0.32.1, and the ``cce`` loss."""
+    if cfg.device == 'gpu' or (cfg.precision == 'fp32' and not cfg.fsdp_config and cfg.model.loss_impl != 'cce'):
+        return
+    import torch
+
+    if cfg.device == 'auto' and torch.cuda.is_available():
+        return
+    if cfg.model.loss_impl == 'cce':
+        _fail('model.loss_impl', "'cce' runs on CUDA only; this run is on the CPU. Use chunked (or auto), or device: gpu.")
+    if cfg.precision != 'fp32':
+        _fail('precision', f'{cfg.precision} needs a GPU (Composer trains on CPU in fp32 only); this run is on the CPU. '
+              'Set precision: fp32, or device: gpu.')
+    _fail('fsdp_config', "FSDP needs GPUs: Composer's FSDP calls torch.cuda.current_device(), and FSDP2 over gloo "
+          'sums gradients instead of averaging them (pytorch/pytorch#162338); this run is on the CPU. Remove '
+          'fsdp_config (several CPU ranks then train with DDP over gloo), or set device: gpu.')

@@ -10,16 +10,22 @@ that machine noise hits every arm alike):
 * ``history``: ``fast`` plus the LossHistory recorder (Parquet parts every 50 batches, in a temp dir).
 * ``naive``: HuggingFaceModel + the paper's public-code recipe (a second cross-entropy pass over a
   shifted *copy* of the logits, and a ``.item()`` host sync every step), for comparison.
+* ``materialized``, ``chunked``, ``cce``: ``fast`` with that ``loss_impl`` forced (``plain``, ``fast`` and
+  ``history`` use ``--loss-impl``, default ``auto``: ``chunked`` on CPU, ``cce`` on CUDA where installed).
+  Their baseline is ``hf-plain``: what a Hugging Face user trains with today.
 
 Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
 and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START``
 to ``BATCH_END`` (with ``torch.cuda.synchronize`` at both ends on CUDA). The first ``--warmup-steps`` of
-each arm are dropped. Ratios are of medians from this one run. Peak memory: on CUDA
-``torch.cuda.max_memory_allocated`` per arm; on CPU (``--cpu-memory``) the peak resident set size of a
-separate process that trains only that arm for 3 steps.
+each arm are dropped. Ratios are of medians from this one run. Memory growth of a step: on CUDA
+``torch.cuda.max_memory_allocated`` during an arm's block minus ``memory_allocated`` before it (the largest
+over rounds); on CPU (``--cpu-memory``) the peak resident set size of a separate process that trains only
+that arm for 3 steps, minus its resident set size just before training.
 
-Example:
+Examples:
     python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
+    python scripts/bench_step_overhead.py --arms hf-plain materialized fast --vocab 128256 --seq 1024 --batch 4 \
+        --width 256 --heads 4 --steps 2 --rounds 10 --warmup-steps 1 --cpu-memory
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import argparse
 import json
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -113,7 +118,10 @@ class RandomTokens(Dataset):
         return {'input_ids': self.ids[i], 'labels': self.ids[i], 'sample_id': torch.tensor(i), 'domain': torch.tensor(i % 3)}
 
 
-ARMS = ('plain', 'fast', 'history', 'hf-plain', 'generic', 'naive')
+ARMS = ('plain', 'fast', 'history', 'hf-plain', 'generic', 'naive', 'materialized', 'chunked', 'cce')
+BASELINE = {arm: 'plain' for arm in ('plain', 'fast', 'history')} | {
+    arm: 'hf-plain' for arm in ('hf-plain', 'generic', 'naive', 'materialized', 'chunked', 'cce')
+}
 
 
 def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer, StepTimer]:
@@ -122,15 +130,15 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
     model = build_causal_lm(
         'gpt2', n_layer=args.layers, n_embd=args.width, n_head=args.heads, vocab_size=args.vocab,
         n_positions=args.seq, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        loss_impl=arm if arm in ('materialized', 'chunked', 'cce') else args.loss_impl,
     )
     if arm in ('hf-plain', 'generic', 'naive'):
         model = HuggingFaceModel(model.model, shift_labels=True)
     algorithms = {
-        'fast': [TimedLossReweighting('linupper', warmup=0)],
-        'history': [TimedLossReweighting('linupper', warmup=0)],
-        'generic': [TimedLossReweighting('linupper', warmup=0)],
+        'plain': [],
+        'hf-plain': [],
         'naive': [NaiveReweighting()],
-    }.get(arm, [])
+    }.get(arm, [TimedLossReweighting('linupper', warmup=0)])
     timer = StepTimer()
     callbacks: list[Callback] = [timer]
     if arm == 'history':
@@ -145,7 +153,7 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
         algorithms=algorithms,
         callbacks=callbacks,
         device=device,
-        precision='amp_bf16' if device == 'gpu' else 'fp32',
+        precision=args.precision or ('amp_bf16' if device == 'gpu' else 'fp32'),
         progress_bar=False,
         log_to_console=False,
         seed=0,
@@ -153,13 +161,13 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
     return trainer, timer
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM; unlike ru_maxrss it does not survive exec from the parent)."""
+def _rss_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak; unlike ru_maxrss it does not survive exec from the parent) in MiB."""
     with open('/proc/self/status') as f:
         for line in f:
-            if line.startswith('VmHWM:'):
+            if line.startswith(f'{field}:'):
                 return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
 
 
 def main() -> None:
@@ -175,6 +183,8 @@ def main() -> None:
     parser.add_argument('--vocab', type=int, default=4096)
     parser.add_argument('--seq', type=int, default=128)
     parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--loss-impl', default='auto', help='loss_impl of the plain/fast/history arms (default auto)')
+    parser.add_argument('--precision', help='Composer precision (default: amp_bf16 on GPU, fp32 on CPU)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cpu-memory', action='store_true', help='also measure each arm\'s peak RSS in its own process')
     parser.add_argument('--peak-rss-of', choices=ARMS, help=argparse.SUPPRESS)  # the child of --cpu-memory
@@ -182,8 +192,9 @@ def main() -> None:
 
     if args.peak_rss_of:
         trainer, _ = build_arm(args.peak_rss_of, args, 'cpu')
+        before = _rss_mib('VmRSS')
         trainer.fit(duration='3ba')
-        print(f'peak_rss_mib={_peak_rss_mib():.1f}')
+        print(f'rss_growth_mib={_rss_mib("VmHWM") - before:.1f}')
         return
 
     arms = {arm: build_arm(arm, args, args.device) for arm in args.arms}
@@ -202,36 +213,40 @@ def main() -> None:
             trainer = arms[arm][0]
             if args.device == 'gpu':
                 torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
             trainer.fit(duration=f'{args.steps}ba')
             if args.device == 'gpu':
-                peak[arm] = max(peak.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+                growth = (torch.cuda.max_memory_allocated() - before) / 2**20
+                peak[arm] = max(peak.get(arm, 0.0), growth)
 
     if args.cpu_memory and args.device == 'cpu':
         model_args = [f'--{k}={getattr(args, k)}' for k in ('layers', 'width', 'heads', 'vocab', 'seq', 'batch')]
+        model_args += [f'--loss-impl={args.loss_impl}'] + ([f'--precision={args.precision}'] if args.precision else [])
         for arm in arms:
             out = subprocess.run(
                 [sys.executable, __file__, '--peak-rss-of', arm, '--rounds', '1', '--warmup-steps', '0', *model_args],
                 capture_output=True, text=True, check=True,
             ).stdout
-            peak[arm] = float(out.rsplit('peak_rss_mib=', 1)[1])
+            peak[arm] = float(out.rsplit('rss_growth_mib=', 1)[1])
 
     medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
-    baseline = {'plain': 'plain', 'fast': 'plain', 'history': 'plain',
-                'hf-plain': 'hf-plain', 'generic': 'hf-plain', 'naive': 'hf-plain'}
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
-    print(f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}')
+    print(
+        f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, '
+        f'precision {args.precision or ("amp_bf16" if args.device == "gpu" else "fp32")}, loss_impl {args.loss_impl}',
+    )
     print(
         f'model: GPT-2 {args.layers} layers x {args.width} wide, vocab {args.vocab}, seq {args.seq}, '
         f'batch {args.batch}; {args.rounds} interleaved rounds x {args.steps} steps per arm',
     )
     print(
         '| arm | steps timed | median step (ms) | vs baseline | baseline | in LossReweighting.apply (ms/step) |' +
-        ((' peak GPU MiB |' if args.device == 'gpu' else ' peak RSS MiB |') if peak else ''),
+        ((' GPU memory growth MiB |' if args.device == 'gpu' else ' RSS growth MiB |') if peak else ''),
     )
     print('|---|---|---|---|---|---|' + ('---|' if peak else ''))
     rows = []
     for arm, (trainer, timer) in arms.items():
-        ref = baseline[arm]
+        ref = BASELINE[arm]
         ratio = medians[arm] / medians[ref] if ref in medians else float('nan')
         timed = [a for a in trainer.state.algorithms if isinstance(a, TimedLossReweighting)]
         apply_ms = statistics.median(timed[0].per_batch) * 1e3 if timed else float('nan')
@@ -240,7 +255,7 @@ def main() -> None:
             'apply_ms': apply_ms,
         }
         if peak:
-            row['peak_mib'] = peak[arm]
+            row['growth_mib'] = peak[arm]
         rows.append(row)
         print(
             f"| {arm} | {len(timer.times)} | {medians[arm]:.2f} | {ratio:.4f} | {ref} | "

@@ -26,11 +26,11 @@ class TokenDataset(Dataset):
         return {'input_ids': self.ids[i], 'labels': self.ids[i]}
 
 
-def tiny_gpt2(seed: int = 0, dropout: float = 0.0) -> ReweighCausalLM:
+def tiny_gpt2(seed: int = 0, dropout: float = 0.0, loss_impl: str = 'auto') -> ReweighCausalLM:
     torch.manual_seed(seed)
     return build_causal_lm(
         'gpt2', n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, loss_impl=loss_impl,
     )
 
 

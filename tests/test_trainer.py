@@ -237,7 +237,8 @@ def test_model_without_logits_or_labels_gets_a_clear_error():
         def loss(self, outputs, batch):
             return per_sample_loss(outputs, batch['labels']).loss.mean()
 
-    trainer = make_trainer(NoLabels(tiny_gpt2().model), [LossReweighting(warmup=0)], max_duration='1ba')
+    model = NoLabels(tiny_gpt2().model, loss_impl='materialized')
+    trainer = make_trainer(model, [LossReweighting(warmup=0)], max_duration='1ba')
     trainer.fit()  # logits tensor + labels in the batch: the generic path works
     algorithm = LossReweighting(warmup=0)
     state = trainer.state

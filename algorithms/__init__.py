@@ -1,8 +1,9 @@
 """Loss-based sample reweighting for Composer: a pure tensor core and a thin Composer adapter.
 
 The core (:func:`compute_sample_weights`, :func:`per_sample_loss`, :func:`reweighted_loss`) takes
-tensors and returns tensors; :class:`LossReweighting` wires it into a Composer ``Trainer`` and
-:class:`ReweighCausalLM` is the causal-LM model whose loss exposes per-sample losses (fast path).
+tensors and returns tensors; :class:`LossReweighting` wires it into a Composer ``Trainer``. The model
+whose loss exposes per-sample losses (the fast path) is :class:`reweigh.models.ReweighCausalLM`; the loss
+history recorder is :class:`reweigh.callbacks.LossHistory`.
 
 Example:
     >>> import torch
@@ -11,10 +12,7 @@ Example:
     tensor([0.2500, 0.2500, 0.2500, 0.2500])
 """
 
-from reweigh.algorithms.causal_lm import TOKEN_LOSS_KEY, ReweighCausalLM, build_causal_lm
 from reweigh.algorithms.gather import GlobalBatch, gather_global_batch
-from reweigh.algorithms.history import HISTORY_SCHEMA, LossHistory, part_files, truncate_history
-from reweigh.algorithms.linear_ce import LOSS_IMPLS, linear_cross_entropy
 from reweigh.algorithms.loss_reweighting import LossReweighting, MicrobatchWeights, parse_warmup
 from reweigh.algorithms.losses import (
     PER_SAMPLE_LOSS_KEY,
@@ -34,32 +32,23 @@ from reweigh.algorithms.weights import (
 )
 
 __all__ = [
-    'HISTORY_SCHEMA',
-    'LOSS_IMPLS',
     'PER_SAMPLE_LOSS_KEY',
-    'TOKEN_LOSS_KEY',
     'GlobalBatch',
-    'LossHistory',
     'LossReweighting',
     'MicrobatchWeights',
     'PerSampleLoss',
-    'ReweighCausalLM',
     'WeightStats',
     'available_strategies',
-    'build_causal_lm',
     'compute_sample_weights',
     'gather_global_batch',
     'get_strategy',
-    'linear_cross_entropy',
     'normalize_losses',
     'parse_warmup',
-    'part_files',
     'per_sample_loss',
     'per_sample_mean',
     'register_strategy',
     'reweighted_loss',
     'shift_labels',
     'token_normalize_weights',
-    'truncate_history',
     'weight_stats',
 ]

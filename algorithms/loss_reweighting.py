@@ -89,7 +89,7 @@ class LossReweighting(Algorithm):
     gradient averaging the update is ``sum_i w_i grad(l_i)`` over the global (micro)batch. The weights
     are constants in the backward pass.
 
-    * Fast path: with :class:`~reweigh.algorithms.ReweighCausalLM` (or any model whose ``loss()``
+    * Fast path: with :class:`~reweigh.models.ReweighCausalLM` (or any model whose ``loss()``
       stores a :class:`~reweigh.algorithms.PerSampleLoss` in ``outputs['per_sample_loss']``) the
       per-sample losses come for free. Generic path: otherwise they are computed from
       ``state.outputs`` logits and ``state.batch['labels']`` (one extra cross-entropy pass).
@@ -116,7 +116,7 @@ class LossReweighting(Algorithm):
     ``weight_min``, ``weight_max`` and ``nonfinite_losses``, averaged (min/max/summed) over
     microbatches. On CUDA they reach the logger one step late so the loop never waits for the device.
     After each microbatch, :attr:`last_microbatch` holds the losses and weights this rank used (read
-    by :class:`~reweigh.algorithms.LossHistory`).
+    by :class:`~reweigh.callbacks.LossHistory`).
 
     Args:
         strategy (str): A registered strategy: ``'uniform'``, ``'linupper'`` (the paper's best),

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _locate(run_arg: str) -> tuple[str, dict]:
     """The history path and the run's summary (``{}`` if none) for a run folder, history folder or URI."""
-    if '://' in run_arg:
+    from reweigh.pipeline.storage import is_remote
+
+    if is_remote(run_arg):
         return run_arg.rstrip('/') + ('' if run_arg.rstrip('/').endswith('/history') else '/history'), {}
     path = Path(run_arg)
     if not path.exists():
@@ -45,18 +47,21 @@ def _locate(run_arg: str) -> tuple[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reweigh.cli.analysis import analyze_history, load_history, most_deprioritised_domain
-    from reweigh.cli.report import write_report
+    from reweigh.analysis import analyze_history, most_deprioritised_domain, write_report
+    from reweigh.pipeline.storage import is_remote
 
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')
     history, summary = _locate(args.target)
+    out = Path(args.out) if args.out else (Path('analysis') if is_remote(args.target) else Path(args.target) / 'analysis')
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        table = load_history(history)
+        analysis = analyze_history(history, windows=args.windows, k=args.top, samples_to=out / 'samples.parquet')
     except FileNotFoundError as e:
         raise ValueError(str(e)) from e
-    analysis = analyze_history(table, windows=args.windows)
+    except OSError as e:  # the store cannot be reached, or refuses the credentials
+        raise ValueError(f'cannot read the history at {history}: {e}') from e
     elapsed = time.perf_counter() - start
     names: list[str] = []
     text_of = None
@@ -73,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
         def text_of(ids: list[int]) -> list[str]:
             return [lookup.text(i) for i in ids]
 
-    out = Path(args.out) if args.out else (Path('analysis') if '://' in args.target else Path(args.target) / 'analysis')
     report = write_report(
         analysis, out, names, text_of, title=f'reweigh loss history: {summary.get("run_name", args.target)}', k=args.top,
     )

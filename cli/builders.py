@@ -19,8 +19,9 @@ from composer.optim import (
 )
 from omegaconf import OmegaConf
 
-from reweigh.algorithms import LossReweighting, ReweighCausalLM, build_causal_lm
+from reweigh.algorithms import LossReweighting
 from reweigh.cli.config import ConfigError
+from reweigh.models import ReweighCausalLM, build_causal_lm
 
 __all__ = ['build_algorithms', 'build_callbacks', 'build_loggers', 'build_model', 'build_optimizer', 'build_scheduler']
 

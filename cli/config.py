@@ -277,7 +277,7 @@ def _prepared_by_train_loader(cfg: Any, ds: Any) -> bool:
 
 def _validate(cfg: Any) -> None:
     """Checks OmegaConf's type system cannot express."""
-    from reweigh.algorithms.causal_lm import _FAMILIES  # the families build_causal_lm knows
+    from reweigh.models.causal_lm import _FAMILIES  # the families build_causal_lm knows
 
     _check_name('run_name', cfg.run_name)  # it names folders and object keys
     if cfg.model.family not in _FAMILIES:
@@ -287,12 +287,12 @@ def _validate(cfg: Any) -> None:
     for k in cfg.model.config:
         if not hasattr(defaults, k):
             _fail(f'model.config.{k}', f'not a {config_cls.__name__} field.')
-    from reweigh.algorithms.linear_ce import LOSS_IMPLS
+    from reweigh.models.linear_ce import LOSS_IMPLS
 
     if cfg.model.loss_impl not in LOSS_IMPLS:
         _fail('model.loss_impl', f'{cfg.model.loss_impl!r} is not one of {", ".join(LOSS_IMPLS)}.')
     if cfg.model.loss_impl == 'cce':
-        from reweigh.algorithms.linear_ce import cce_available
+        from reweigh.models.linear_ce import cce_available
 
         if not cce_available():
             _fail('model.loss_impl', "'cce' needs the cut-cross-entropy package: pip install 'reweigh[cce]'.")

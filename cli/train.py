@@ -21,7 +21,8 @@ from composer import Trainer
 from composer.core import Evaluator
 from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
 
-from reweigh.algorithms import LossHistory, LossReweighting
+from reweigh.algorithms import LossReweighting
+from reweigh.callbacks import LossHistory, RestoreRngOnResume
 from reweigh.cli import data, train_cmd
 from reweigh.cli.builders import (
     build_algorithms,
@@ -33,7 +34,7 @@ from reweigh.cli.builders import (
 )
 from reweigh.cli.config import ConfigError
 from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
-from reweigh.cli.resume import RestoreRngOnResume, set_aside_interrupted_checkpoints
+from reweigh.cli.resume import set_aside_interrupted_checkpoints
 from reweigh.safety import safe_checkpoint_loading
 
 __all__ = ['main', 'train']

@@ -16,14 +16,35 @@ Example:
     True
 """
 
-from reweigh.pipeline.corpus import DEFAULT_DOMAINS, default_corpus
-from reweigh.pipeline.dataset import ReweighStreamingDataset, build_eval_dataloaders, build_train_dataloader
-from reweigh.pipeline.ids import make_sample_id, sample_id_domains, split_sample_id
-from reweigh.pipeline.lookup import SampleLookup
-from reweigh.pipeline.manifest import DomainInfo, Manifest, read_manifest
-from reweigh.pipeline.prepare import PrepareResult, prepare_dataset, prepare_default_corpus
-from reweigh.pipeline.sources import Document, DomainSpec, load_domains_file, parse_domain_arg
-from reweigh.pipeline.tokenizer import load_tokenizer, train_bpe_tokenizer
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    'DEFAULT_DOMAINS': 'corpus', 'default_corpus': 'corpus',
+    'ReweighStreamingDataset': 'dataset', 'build_eval_dataloaders': 'dataset', 'build_train_dataloader': 'dataset',
+    'make_sample_id': 'ids', 'sample_id_domains': 'ids', 'split_sample_id': 'ids',
+    'SampleLookup': 'lookup',
+    'DomainInfo': 'manifest', 'Manifest': 'manifest', 'read_manifest': 'manifest',
+    'PrepareResult': 'prepare', 'prepare_dataset': 'prepare', 'prepare_default_corpus': 'prepare',
+    'Document': 'sources', 'DomainSpec': 'sources', 'load_domains_file': 'sources', 'parse_domain_arg': 'sources',
+    'load_tokenizer': 'tokenizer', 'train_bpe_tokenizer': 'tokenizer',
+}
+"""Where each public name lives. They are imported on first use, so that ``reweigh.pipeline.storage`` or
+``reweigh.pipeline.manifest`` can be used (by ``reweigh analyze``, say) without importing Streaming and torch."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     'DEFAULT_DOMAINS',

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -29,7 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 from reweigh.pipeline import storage
 from reweigh.pipeline.ids import sample_id_domains, split_sample_id
 from reweigh.pipeline.manifest import Manifest, read_manifest
-from reweigh.pipeline.shards import read_index
+from reweigh.pipeline.shards import decompress, hash_hex, read_index, read_sample
 
 __all__ = ['SampleLookup']
 
@@ -56,9 +57,10 @@ class SampleLookup:
         self._base = str(cache) if self._remote else self.root
         self.manifest: Manifest = read_manifest(self.root, cache)
         self._names = np.array(self.manifest.domain_names, dtype=object)
-        self._streams: dict[tuple[int, str], Any] = {}
+        self._indexes: dict[str, list[dict[str, Any]]] = {}
         self._documents: dict[str, dict[int, dict[str, Any]]] = {}
         self._tokenizer = None
+        self._decode = None
 
     @property
     def domain_names_by_index(self) -> list[str]:
@@ -87,7 +89,26 @@ class SampleLookup:
 
     def text(self, sample_id: int) -> str:
         """The sample's tokens decoded with the dataset's tokenizer (EOS tokens included)."""
-        return self.tokenizer.decode(self.tokens(sample_id).tolist())
+        return self._decoder()(self.tokens(sample_id).tolist())
+
+    def _decoder(self):
+        """``decode`` of the dataset's tokenizer: straight from ``tokenizer.json`` with the ``tokenizers`` library
+        when that gives what ``transformers`` would (no clean-up of spaces), which spares importing
+        ``transformers`` (seconds); else the ``transformers`` tokenizer's."""
+        if self._decode is None:
+            files = self.manifest.tokenizer.get('files', [])
+            if 'tokenizer.json' in files and 'tokenizer_config.json' in files:
+                rel = self.manifest.tokenizer['path']
+                with open(self._fetch(f'{rel}/tokenizer_config.json'), encoding='utf-8') as f:
+                    config = json.load(f)
+                if not config.get('clean_up_tokenization_spaces', False):
+                    from tokenizers import Tokenizer
+
+                    fast = Tokenizer.from_file(self._fetch(f'{rel}/tokenizer.json'))
+                    self._decode = lambda ids: fast.decode(ids, skip_special_tokens=False)
+            if self._decode is None:
+                self._decode = self.tokenizer.decode
+        return self._decode
 
     def documents(self, sample_id: int) -> list[dict[str, Any]]:
         """The source documents the sample contains: dicts of ``doc_id``, ``split``, ``source``, ``chars``."""
@@ -114,24 +135,27 @@ class SampleLookup:
         domain, split, index = split_sample_id(sample_id)
         if domain >= len(self._names):
             raise KeyError(f'sample id {sample_id} names domain {domain}; {self.root} has {len(self._names)}')
-        stream = self._stream(domain, split)
-        if index >= stream.size:
-            raise KeyError(f'sample id {sample_id}: {split}/{self._names[domain]} has only {stream.size} sequences')
-        obj = stream.get_item(index)
+        rel = self.manifest.domain(str(self._names[domain])).path(split)
+        shards = self._shards(rel)
+        position = index
+        for shard in shards:
+            if position < shard['samples']:
+                obj = read_sample(self._raw_shard(rel, shard), position, shard)
+                break
+            position -= shard['samples']
+        else:
+            total = sum(shard['samples'] for shard in shards)
+            raise KeyError(f'sample id {sample_id}: {split}/{self._names[domain]} has only {total} sequences')
         if int(obj['sample_id']) != int(sample_id):
-            raise ValueError(f'{self.root} is inconsistent: position {index} of {split}/{self._names[domain]} '
-                             f'holds sample id {int(obj["sample_id"])}, expected {sample_id}')
+            raise ValueError(f'{self.root} is inconsistent: {split}/{self._names[domain]} holds sample id '
+                             f'{int(obj["sample_id"])} where {sample_id} belongs')
         return obj
 
-    def _stream(self, domain: int, split: str):
-        from streaming.base.local import LocalDataset
-
-        key = (domain, split)
-        if key not in self._streams:
-            rel = self.manifest.domain(str(self._names[domain])).path(split)
-            self._ensure_raw_shards(rel)
-            self._streams[key] = LocalDataset(local=self._base, split=rel)
-        return self._streams[key]
+    def _shards(self, rel: str) -> list[dict[str, Any]]:
+        if rel not in self._indexes:
+            where = storage.join(self.root, rel, 'index.json')
+            self._indexes[rel] = read_index(self._fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where)
+        return self._indexes[rel]
 
     def _fetch(self, rel: str) -> str:
         local = os.path.join(self._base, rel)
@@ -139,25 +163,23 @@ class SampleLookup:
             storage.download(storage.join(self.root, rel), local)
         return local
 
-    def _ensure_raw_shards(self, rel: str) -> None:
-        from streaming.base.compression import decompress
-        from streaming.base.hashing import get_hash
-
-        where = storage.join(self.root, rel, 'index.json')
-        for shard in read_index(self._fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where):
-            raw = os.path.join(self._base, rel, shard['raw_data']['basename'])
-            zipped = shard.get('zip_data')
-            if os.path.exists(raw) or not zipped:
-                continue
-            path = self._fetch(f'{rel}/{zipped["basename"]}')
-            with open(path, 'rb') as f:
-                data = f.read()
-            for algo, expected in zipped.get('hashes', {}).items():
-                if get_hash(algo, data) != expected:
-                    raise ValueError(f'Checksum failure: {path} ({algo}); the shard is corrupted')
-            with open(raw + '.tmp', 'wb') as f:
-                f.write(decompress(shard['compression'], data))
-            os.replace(raw + '.tmp', raw)
+    def _raw_shard(self, rel: str, shard: dict[str, Any]) -> str:
+        """The shard's raw file, decompressed (hashes checked) on first use: in place for a local root, as
+        Streaming does, or in the cache for a remote one."""
+        raw = os.path.join(self._base, rel, shard['raw_data']['basename'])
+        zipped = shard.get('zip_data')
+        if os.path.exists(raw) or not zipped:
+            return raw if os.path.exists(raw) else self._fetch(f'{rel}/{shard["raw_data"]["basename"]}')
+        path = self._fetch(f'{rel}/{zipped["basename"]}')
+        with open(path, 'rb') as f:
+            data = f.read()
+        for algo, expected in zipped.get('hashes', {}).items():
+            if hash_hex(algo, data) != expected:
+                raise ValueError(f'Checksum failure: {path} ({algo}); the shard is corrupted')
+        with open(raw + '.tmp', 'wb') as f:
+            f.write(decompress(shard['compression'], data))
+        os.replace(raw + '.tmp', raw)
+        return raw
 
     def _document_table(self, domain: str) -> dict[int, dict[str, Any]]:
         if domain not in self._documents:

@@ -19,13 +19,20 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from reweigh.safety.names import check_relative_path
 
-__all__ = ['ENCODINGS', 'INDEX_VERSION', 'check_columns', 'check_index', 'columns', 'read_index']
+__all__ = [
+    'ENCODINGS', 'INDEX_VERSION', 'check_columns', 'check_index', 'columns', 'decompress', 'hash_hex', 'is_compression',
+    'read_index', 'read_sample',
+]
 
 ENCODINGS: dict[str, tuple[str, ...]] = {
     'input_ids': ('ndarray:uint16', 'ndarray:uint32'),
@@ -76,8 +83,6 @@ def check_index(index: Any, expected: Mapping[str, str], where: str) -> list[dic
         ValueError: For another index version, a shard that is not MDS, has other columns or encodings
             than ``expected``, an unknown compression, or a file name that would leave the stream's folder.
     """
-    from streaming.base.compression import get_compressions
-
     if not isinstance(index, dict) or index.get('version') != INDEX_VERSION or not isinstance(index.get('shards'), list):
         raise ValueError(f'{where} is not an MDS index of version {INDEX_VERSION} with a list of shards')
     shards = index['shards']
@@ -99,7 +104,7 @@ def check_index(index: Any, expected: Mapping[str, str], where: str) -> list[dic
         if missing or len(declared) != len(names):
             raise ValueError(f'{at}: column(s) {missing or names} missing or repeated; the dataset has {sorted(expected)}')
         compression = shard.get('compression')
-        if compression is not None and compression not in get_compressions():
+        if compression is not None and not is_compression(compression):
             raise ValueError(f'{at}: unknown compression {compression!r}')
         for key in ('raw_data', 'zip_data'):
             data = shard.get(key)
@@ -129,3 +134,75 @@ def read_index(path: str, expected: Mapping[str, str], where: str | None = None)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f'{where} cannot be read as an MDS index: {e}') from e
     return check_index(index, expected, where)
+
+
+# Reading. Streaming itself cannot be imported without torch and transformers (seconds), which
+# `reweigh analyze` must not pay to show a few samples' text; these few functions read the columns of this
+# contract from Streaming's MDS layout. tests/test_pipeline_prepare.py checks them against Streaming's own
+# reader on every sample of a prepared dataset, so the two cannot drift apart.
+
+_CODECS = {'br': 'brotli', 'bz2': 'bz2', 'gz': 'gzip', 'snappy': 'snappy', 'zstd': 'zstd'}
+"""Streaming's compression names and the module whose ``decompress`` reads them."""
+
+
+def is_compression(name: str) -> bool:
+    """Whether ``name`` is one of Streaming's compressions (``zstd``, ``zstd:7``, ``gz``, ``br``, ``bz2``, ``snappy``)."""
+    base, _, level = str(name).partition(':')
+    return base in _CODECS and (not level or (level.isdigit() and base != 'snappy'))
+
+
+def decompress(name: str, data: bytes) -> bytes:
+    """Decompress a shard written with Streaming's compression ``name``."""
+    return importlib.import_module(_CODECS[name.partition(':')[0]]).decompress(data)
+
+
+def hash_hex(algo: str, data: bytes) -> str:
+    """The hex digest Streaming records for ``algo`` (a ``hashlib`` or ``xxhash`` algorithm).
+
+    Raises:
+        ValueError: For an unknown algorithm.
+    """
+    if algo in hashlib.algorithms_available and not algo.startswith('shake_'):
+        return hashlib.new(algo, data).hexdigest()
+    import xxhash
+
+    if algo in xxhash.algorithms_available:
+        return getattr(xxhash, algo)(data).hexdigest()
+    raise ValueError(f'unknown hash algorithm {algo!r}')
+
+
+def _decode(encoding: str, data: bytes) -> Any:
+    kind, _, dtype = encoding.partition(':')
+    if kind != 'ndarray':
+        return np.frombuffer(data, kind)[0]
+    header = data[0]
+    ndim, shape_dtype = header >> 2, np.dtype(f'uint{8 << (header % 4)}')
+    shape = np.frombuffer(data, shape_dtype, count=ndim, offset=1)
+    return np.frombuffer(data, dtype, offset=1 + ndim * shape_dtype.itemsize).reshape(shape)
+
+
+def read_sample(raw_path: str, index: int, shard: Mapping[str, Any]) -> dict[str, Any]:
+    """Sample ``index`` of the uncompressed MDS shard at ``raw_path``, whose ``index.json`` entry is ``shard``.
+
+    Args:
+        raw_path: The shard's raw (decompressed) file.
+        index: The sample's position in the shard.
+        shard: The shard's entry of a checked ``index.json`` (see :func:`check_index`).
+
+    Returns:
+        dict: Column name to value (numpy scalars and arrays, read-only).
+    """
+    with open(raw_path, 'rb') as f:
+        f.seek(4 * (1 + index))
+        begin, end = np.frombuffer(f.read(8), np.uint32)
+        f.seek(int(begin))
+        data = f.read(int(end - begin))
+    names, encodings, sizes = shard['column_names'], shard['column_encodings'], shard['column_sizes']
+    variable = [size is None for size in sizes]
+    lengths = iter(np.frombuffer(data, np.uint32, count=sum(variable)).tolist())
+    position, sample = 4 * sum(variable), {}
+    for name, encoding, size in zip(names, encodings, sizes):
+        size = next(lengths) if size is None else size
+        sample[name] = _decode(encoding, data[position:position + size])
+        position += size
+    return sample

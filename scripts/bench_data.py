@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from streaming.base.util import clean_stale_shared_memory
 
 from reweigh.pipeline import build_train_dataloader, prepare_default_corpus
-from reweigh.pipeline.s3_emulator import emulator_env, s3_emulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))  # the S3 emulator is a test helper, not shipped
+from s3_emulator import emulator_env, s3_emulator  # noqa: E402
 
 
 def _epoch(root: str, cache: str | None) -> tuple[int, float]:

@@ -48,7 +48,9 @@ from composer.models import HuggingFaceModel
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from reweigh.algorithms import LossHistory, LossReweighting, build_causal_lm, compute_sample_weights
+from reweigh.algorithms import LossReweighting, compute_sample_weights
+from reweigh.callbacks import LossHistory
+from reweigh.models import build_causal_lm
 
 
 class NaiveReweighting(Algorithm):

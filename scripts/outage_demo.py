@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,14 @@ def main() -> int:
     from moto.server import ThreadedMotoServer
 
     from reweigh.pipeline import prepare_default_corpus
-    from reweigh.pipeline.s3_emulator import emulator_env
+
+    sys.path.insert(0, str(ROOT / 'tests'))  # the S3 emulator is a test helper, not shipped
+    from s3_emulator import emulator_env, free_port
 
     work = Path(tempfile.mkdtemp(prefix='reweigh-outage-'))
     data = work / 'data'
     prepare_default_corpus(data, max_bytes_per_domain=40_000, vocab_size=512, seq_len=64, progress=False)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f'http://127.0.0.1:{port}'
     logging.getLogger('werkzeug').setLevel(logging.ERROR)  # no request log
     server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)

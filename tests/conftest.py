@@ -36,7 +36,7 @@ def small_dataset(tmp_path_factory):
 def s3_endpoint():
     """URL of a loopback moto S3 server with bucket ``reweigh``, for the session."""
     pytest.importorskip('moto')
-    from reweigh.pipeline.s3_emulator import s3_emulator
+    from s3_emulator import s3_emulator
 
     with s3_emulator(buckets=['reweigh']) as url:
         yield url
@@ -45,7 +45,7 @@ def s3_endpoint():
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
     """Point S3 clients (Streaming's, boto3) at the emulator for one test; yields the endpoint URL."""
-    from reweigh.pipeline.s3_emulator import emulator_env
+    from s3_emulator import emulator_env
 
     for key in ('AWS_PROFILE', 'AWS_SESSION_TOKEN', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE'):
         monkeypatch.delenv(key, raising=False)

@@ -14,18 +14,13 @@ import contextlib
 import http.server
 import json
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from s3_emulator import free_port
+
 __all__ = ['gcs_emulator']
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _throwaway_key() -> str:
@@ -60,7 +55,7 @@ def gcs_emulator(bucket: str, workdir: Path) -> Iterator[dict[str, str]]:
     from gcp_storage_emulator.server import create_server
 
     logging.getLogger('gcp_storage_emulator').setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     storage = create_server('127.0.0.1', port, in_memory=True, default_bucket=bucket)
     tokens = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _TokenHandler)
     credentials = workdir / 'gcs-emulator-credentials.json'

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from composer import Trainer
+from s3_emulator import free_port
 from torch.utils.data import DataLoader, Dataset
 
-from reweigh.algorithms import ReweighCausalLM, build_causal_lm
+from reweigh.models import ReweighCausalLM, build_causal_lm
+
+__all__ = ['SEQ', 'VOCAB', 'TokenDataset', 'free_port', 'make_trainer', 'params', 'set_rank_env', 'tiny_gpt2']
 
 VOCAB, SEQ = 64, 16
 
@@ -53,3 +58,11 @@ def make_trainer(model, algorithms=(), max_duration: str = '4ba', train_dataload
 def params(trainer: Trainer) -> dict[str, torch.Tensor]:
     """The trained parameters by name (without DDP's ``module.`` prefix)."""
     return {k.removeprefix('module.'): v.detach().clone() for k, v in trainer.state.model.named_parameters()}
+
+
+def set_rank_env(rank: int, world: int, port: int) -> None:
+    """The environment Composer's ``dist`` reads for ``rank`` of a single-node ``world`` of gloo ranks."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), NODE_RANK='0',
+        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+    )

@@ -13,7 +13,6 @@ rank and on two (gloo).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -21,10 +20,11 @@ import torch
 import torch.multiprocessing as mp
 from composer.core import Callback, DataSpec, State
 from composer.loggers import Logger
-from lm_helpers import SEQ, TokenDataset, make_trainer, tiny_gpt2
+from lm_helpers import SEQ, TokenDataset, free_port, make_trainer, set_rank_env, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossReweighting, ReweighCausalLM, compute_sample_weights
+from reweigh.algorithms import LossReweighting, compute_sample_weights
+from reweigh.models import ReweighCausalLM
 
 BATCH, MICRO, WORLD = 8, 3, 2
 ALGORITHM = dict(strategy='linupper', r=0.7, warmup=0)
@@ -135,17 +135,8 @@ def test_warmup_leaves_composers_token_accumulation_untouched():
         torch.testing.assert_close(warm[k], v, rtol=0, atol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), NODE_RANK='0',
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-    )
+    set_rank_env(rank, WORLD, port)
     from composer.utils import dist
 
     dataset = PaddedDataset()
@@ -159,7 +150,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope='module')
 def two_rank_gradients(tmp_path_factory) -> list[dict[bool, dict[str, torch.Tensor]]]:
     out_dir = tmp_path_factory.mktemp('accumulation')
-    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
+    mp.start_processes(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
     return [torch.load(out_dir / f'{rank}.pt') for rank in range(WORLD)]
 
 

@@ -5,9 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reweigh.algorithms import HISTORY_SCHEMA
-from reweigh.cli.analysis import analyze_history, extreme_samples, load_history, most_deprioritised_domain
-from reweigh.cli.report import write_report
+from reweigh.analysis import HISTORY_SCHEMA, analyze_history, load_history, most_deprioritised_domain, write_report
 
 STEPS, WARMUP, PER_DOMAIN = 40, 10, 4
 REL = {0: 0.5, 1: 1.0, 2: 1.5}  # relative weight of each domain after warm-up (sums to 3 = domains)
@@ -49,7 +47,8 @@ def synthetic_history(folder, parts=4):
 
 def test_domain_summary_has_the_known_answers(tmp_path):
     table = synthetic_history(tmp_path)
-    analysis = analyze_history(load_history(str(tmp_path)))
+    analysis = analyze_history(str(tmp_path))  # DuckDB over the part files
+    assert analyze_history(load_history(str(tmp_path))).summary.equals(analysis.summary)  # or an in-memory table
     s = analysis.summary.to_pydict()
     assert analysis.rows == table.num_rows == STEPS * 12 and analysis.steps == STEPS
     assert analysis.first_active_step == WARMUP
@@ -65,7 +64,7 @@ def test_domain_summary_has_the_known_answers(tmp_path):
 
 def test_over_time_quantiles_and_samples(tmp_path):
     synthetic_history(tmp_path)
-    analysis = analyze_history(load_history(str(tmp_path)), windows=4)
+    analysis = analyze_history(str(tmp_path), windows=4, k=3)
     t = analysis.domain_over_time.to_pydict()
     assert sorted(set(t['window'])) == [0, 10, 20, 30]
     # window 0 is the warm-up: uniform; later windows carry the domain's weight
@@ -76,22 +75,38 @@ def test_over_time_quantiles_and_samples(tmp_path):
     samples = analysis.samples.to_pydict()
     assert len(samples['sample_id']) == 48 and set(samples['visits']) == {10}
     assert samples['loss_std'][0] == pytest.approx(0.05)  # alternates +0 / +0.1
-    low, high = extreme_samples(analysis.samples, k=3)
+    low, high = analysis.deprioritised, analysis.emphasised
+    assert low.num_rows == high.num_rows == 3
     assert set(low['domain'].to_pylist()) == {0} and set(high['domain'].to_pylist()) == {2}
+    assert analysis.data_map.num_rows == 48  # every sample, when there are fewer than map_points
+
+
+def test_per_sample_table_can_go_to_a_file_and_the_data_map_is_a_sample(tmp_path):
+    synthetic_history(tmp_path / 'history')
+    analysis = analyze_history(tmp_path / 'history', samples_to=tmp_path / 'samples.parquet', map_points=10)
+    assert analysis.samples is None and analysis.data_map.num_rows == 10
+    samples = pq.read_table(tmp_path / 'samples.parquet')
+    assert samples.num_rows == 48 and samples['sample_id'].to_pylist() == sorted(samples['sample_id'].to_pylist())
+    again = analyze_history(tmp_path / 'history', samples_to=tmp_path / 'again.parquet', map_points=10)
+    assert again.data_map.equals(analysis.data_map)  # seeded
 
 
 def test_truncated_part_is_skipped_with_a_warning(tmp_path):
     synthetic_history(tmp_path)
     victim = sorted((tmp_path / 'rank0').glob('part-*.parquet'))[-1]
     victim.write_bytes(victim.read_bytes()[:100])  # what a crash mid-write of a non-atomic writer leaves
-    with pytest.warns(UserWarning, match='skipping unreadable history part'):
+    with pytest.warns(UserWarning, match='is unreadable and is skipped'):
         table = load_history(str(tmp_path))
     assert table.num_rows == 30 * 12
+    with pytest.warns(UserWarning, match='is unreadable and is skipped'):
+        assert analyze_history(str(tmp_path)).rows == 30 * 12
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match='no loss-history part files'):
         load_history(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='no loss-history part files'):
+        analyze_history(str(tmp_path))
 
 
 def test_uniform_run_reports_no_reweighting(tmp_path):
@@ -105,7 +120,7 @@ def test_uniform_run_reports_no_reweighting(tmp_path):
 
 def test_report_files_and_contents(tmp_path):
     synthetic_history(tmp_path / 'history')
-    analysis = analyze_history(load_history(str(tmp_path / 'history')))
+    analysis = analyze_history(str(tmp_path / 'history'))
     report = write_report(
         analysis, tmp_path / 'out', ['code', 'docs', 'boilerplate'], text_of=lambda ids: [f'text of {i}' for i in ids],
     )
@@ -136,3 +151,49 @@ def test_analyze_a_history_in_object_storage(tmp_path, s3_env, capsys):
     assert main(['analyze', 's3://reweigh/runs/toy', '--out', str(tmp_path / 'out')]) == 0
     assert 'most deprioritised domain: 0' in capsys.readouterr().out
     assert (tmp_path / 'out' / 'report.md').is_file()
+
+
+def test_analyze_imports_neither_torch_nor_composer_nor_streaming(tmp_path):
+    import subprocess
+    import sys
+
+    synthetic_history(tmp_path / 'history')
+    code = (
+        'import sys; from reweigh.cli.main import main; '
+        f'assert main(["analyze", {str(tmp_path)!r}, "--out", {str(tmp_path / "out")!r}]) == 0; '
+        'heavy = sorted(m for m in ("torch", "composer", "streaming", "transformers") if m in sys.modules); '
+        'print("heavy:", heavy)'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert 'heavy: []' in out, out
+    assert (tmp_path / 'out' / 'report.md').is_file() and (tmp_path / 'out' / 'samples.parquet').is_file()
+
+
+def test_analyze_with_the_dataset_shows_sample_text_without_the_training_stack(tmp_path, small_dataset):
+    import json
+    import subprocess
+    import sys
+
+    from reweigh.pipeline import SampleLookup, make_sample_id
+
+    root, _ = small_dataset
+    ids = [make_sample_id(d, 'train', j) for d in range(3) for j in range(2)]
+    rows = {name: [] for name in HISTORY_SCHEMA.names}
+    for step in range(2):
+        for k, sid in enumerate(ids):
+            values = {'step': step, 'microbatch': 0, 'rank': 0, 'sample_id': sid, 'domain': k // 2, 'tokens': 10,
+                      'loss': 1.0 + k // 2, 'weight': (0.05 if k < 2 else 0.225), 'r': 1.0, 'active': step == 1}
+            for name, value in values.items():
+                rows[name].append(value)
+    (tmp_path / 'history' / 'rank0').mkdir(parents=True)
+    pq.write_table(pa.table(rows, schema=HISTORY_SCHEMA), tmp_path / 'history' / 'rank0' / 'part-000000000-000000001.parquet')
+    (tmp_path / 'summary.json').write_text(json.dumps({'history': str(tmp_path / 'history'), 'dataset': str(root)}))
+    code = (
+        'import sys; from reweigh.cli.main import main; '
+        f'assert main(["analyze", {str(tmp_path)!r}, "--top", "1"]) == 0; '
+        'print("heavy:", sorted(m for m in ("torch", "composer", "streaming", "transformers") if m in sys.modules))'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert 'heavy: []' in out and 'most deprioritised domain: code' in out, out
+    snippet = ' '.join(SampleLookup(root).text(ids[0]).split())[:40].replace('|', '\\|')
+    assert snippet in (tmp_path / 'analysis' / 'report.md').read_text()

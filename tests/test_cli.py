@@ -36,8 +36,9 @@ def test_weights_subcommand_prints_the_weights(capsys):
     assert "'fancy'" in _one_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize('case', ['missing-path', 'empty-history', 'broken-summary', 'missing-dataset'])
-def test_analyze_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys):
+@pytest.mark.parametrize('case', ['missing-path', 'empty-history', 'broken-summary', 'missing-dataset', 'bad-uri',
+                                  'unreachable-store'])
+def test_analyze_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
     from test_analysis import synthetic_history
 
     target = tmp_path / 'run'
@@ -49,9 +50,15 @@ def test_analyze_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys):
     elif case == 'missing-dataset':
         synthetic_history(target / 'history')
         (target / 'summary.json').write_text(f'{{"history": "{target / "history"}", "dataset": "{tmp_path / "gone"}"}}')
-    args = ['analyze', str(target if case != 'missing-path' else tmp_path / 'nonexistent'), '--out', str(tmp_path / 'out')]
-    assert main(args) == 2
+    elif case == 'unreachable-store':  # nothing listens on port 9; the credentials are dummies
+        for key, value in {'S3_ENDPOINT_URL': 'http://127.0.0.1:9', 'AWS_ACCESS_KEY_ID': 'x',
+                           'AWS_SECRET_ACCESS_KEY': 'y', 'AWS_DEFAULT_REGION': 'us-east-1'}.items():
+            monkeypatch.setenv(key, value)
+    target = {'missing-path': tmp_path / 'nonexistent', 'bad-uri': 'ftp://host/run',
+              'unreachable-store': 's3://bucket/run'}.get(case, target)
+    assert main(['analyze', str(target), '--out', str(tmp_path / 'out')]) == 2
     line = _one_line(capsys.readouterr().err)
     expected = {'missing-path': 'does not exist', 'empty-history': 'no loss-history part files',
-                'broken-summary': 'summary.json cannot be read', 'missing-dataset': 'holds no prepared dataset'}[case]
+                'broken-summary': 'summary.json cannot be read', 'missing-dataset': 'holds no prepared dataset',
+                'bad-uri': 'ftp://host/run', 'unreachable-store': 'cannot read the history at s3://bucket/run'}[case]
     assert line.startswith('reweigh analyze: error:') and expected in line

@@ -1,26 +1,20 @@
 """Two CPU ranks (gloo): every rank uses the weights of the whole global batch."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from lm_helpers import TokenDataset, make_trainer, params, tiny_gpt2
+from lm_helpers import TokenDataset, free_port, make_trainer, params, set_rank_env, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossHistory, LossReweighting, compute_sample_weights, gather_global_batch
+from reweigh.algorithms import LossReweighting, compute_sample_weights, gather_global_batch
+from reweigh.callbacks import LossHistory
 
 WORLD = 2
 GLOBAL_LOSSES = torch.tensor([2.3, 0.1, 4.0, 1.7, float('nan'), 3.3, 0.9, 2.8])
 GLOBAL_TOKENS = torch.tensor([5, 6, 7, 8, 9, 10, 11, 12])
 ALGORITHM = dict(strategy='linupper', r=0.7, warmup='1ba')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 class IdDataset(TokenDataset):
@@ -30,10 +24,7 @@ class IdDataset(TokenDataset):
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), NODE_RANK='0',
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-    )
+    set_rank_env(rank, WORLD, port)
     from composer.utils import dist
 
     model = tiny_gpt2()
@@ -60,7 +51,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope='module')
 def two_rank_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp('ranks')
-    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
+    mp.start_processes(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
     results = [torch.load(out_dir / f'{rank}.pt') for rank in range(WORLD)]
     results[0]['history'] = out_dir / 'history'
     return results

@@ -15,9 +15,10 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossReweighting, ReweighCausalLM, build_causal_lm, linear_cross_entropy
-from reweigh.algorithms.linear_ce import resolve_loss_impl
-from reweigh.algorithms.metrics import LanguageCrossEntropy
+from reweigh.algorithms import LossReweighting
+from reweigh.models import ReweighCausalLM, build_causal_lm, linear_cross_entropy
+from reweigh.models.linear_ce import resolve_loss_impl
+from reweigh.models.metrics import LanguageCrossEntropy
 
 TINY = {
     'gpt2': dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -222,14 +223,21 @@ def test_loss_impl_choices():
         model({'input_ids': ids, 'labels': ids})
 
 
-def test_the_fusable_gradient_used_on_cuda_equals_the_eager_one():
-    from reweigh.algorithms.linear_ce import _grad_logits_eager, _grad_logits_fusable, _lse_and_loss_eager
+def test_the_fusable_kernels_used_on_cuda_equal_the_in_place_ones():
+    from reweigh.models.linear_ce import (
+        _grad_logits_eager,
+        _grad_logits_fusable,
+        _lse_and_loss_eager,
+        _lse_and_loss_fusable,
+    )
 
     g = torch.Generator().manual_seed(5)
-    logits = torch.randn(6, 13, generator=g)
+    logits = torch.randn(6, 13, generator=g) * 30  # large logits: the max must be taken out before exp
     targets = torch.randint(0, 13, (6, 1), generator=g)
     scale = torch.rand(6, 1, generator=g)
-    lse, loss = _lse_and_loss_eager(logits, targets)
+    lse, loss = _lse_and_loss_eager(logits.clone(), targets)
     assert torch.allclose(loss, F.cross_entropy(logits, targets.squeeze(1), reduction='none'))
+    for got, want in zip(_lse_and_loss_fusable(logits, targets), (lse, loss)):
+        assert torch.allclose(got, want)
     fusable = _grad_logits_fusable(logits, lse, targets, scale)
     assert torch.allclose(fusable, _grad_logits_eager(logits.clone(), lse, targets, scale), atol=1e-7)

@@ -14,8 +14,10 @@ from composer.loggers import LoggerDestination
 from lm_helpers import TokenDataset, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossHistory, LossReweighting, linear_cross_entropy
-from reweigh.algorithms.linear_ce import cce_available, resolve_loss_impl
+from reweigh.algorithms import LossReweighting
+from reweigh.callbacks import LossHistory
+from reweigh.models import linear_cross_entropy
+from reweigh.models.linear_ce import cce_available, resolve_loss_impl
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')]
 

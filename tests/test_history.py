@@ -10,8 +10,9 @@ import torch
 from lm_helpers import TokenDataset, make_trainer, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import HISTORY_SCHEMA, LossHistory, LossReweighting, compute_sample_weights, part_files
-from reweigh.algorithms.history import truncate_history
+from reweigh.algorithms import LossReweighting, compute_sample_weights
+from reweigh.analysis.format import HISTORY_SCHEMA, list_parts, truncate_history
+from reweigh.callbacks import LossHistory
 
 
 class IdDataset(TokenDataset):
@@ -53,8 +54,8 @@ def test_rows_per_step_and_sample_with_weights_summing_to_one(tmp_path):
         expected = compute_sample_weights(losses, 'linupper' if step >= 2 else 'uniform', 0.5)
         torch.testing.assert_close(weights, expected)
     # part files follow the flush interval: steps 0-1, 2-3, and the rest at fit end
-    assert [(a, b) for a, b, _ in part_files(tmp_path / 'rows' / 'rank0')] == [(0, 1), (2, 3), (4, 4)]
-    meta = json.loads(pq.read_schema(part_files(tmp_path / 'rows' / 'rank0')[0][2]).metadata[b'reweigh'])
+    assert [(a, b) for a, b, _ in list_parts(tmp_path / 'rows' / 'rank0')] == [(0, 1), (2, 3), (4, 4)]
+    meta = json.loads(pq.read_schema(list_parts(tmp_path / 'rows' / 'rank0')[0][2]).metadata[b'reweigh'])
     assert meta['strategy'] == 'linupper' and meta['r'] == 0.5 and meta['warmup'] == '2ba'
 
 
@@ -100,7 +101,7 @@ def test_checkpoint_flushes_history_to_disk(tmp_path):
     )
     trainer.fit(duration='2ba')
     # the checkpoint at batch 2 forced a flush although the flush interval is 1000 batches
-    parts = part_files(tmp_path / 'h' / 'rank0')
+    parts = list_parts(tmp_path / 'h' / 'rank0')
     assert parts and parts[0][:2] == (0, 1)
 
 

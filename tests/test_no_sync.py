@@ -52,8 +52,6 @@ head that calls ``.item()`` is caught with the ``with-forward`` window only. (Pl
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import threading
 import traceback
@@ -72,14 +70,15 @@ import torch.multiprocessing as mp
 from composer.core import Algorithm, Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist
-from lm_helpers import TokenDataset, make_trainer, tiny_gpt2
+from lm_helpers import TokenDataset, free_port, make_trainer, set_rank_env, tiny_gpt2
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 import reweigh.algorithms
 import reweigh.pipeline
-from reweigh.algorithms import LossHistory, LossReweighting
+from reweigh.algorithms import LossReweighting
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
+from reweigh.callbacks import LossHistory
 
 PROJECT = Path(__file__).resolve().parents[1]
 SCOPE = (
@@ -433,17 +432,8 @@ def test_forward_passes_are_inside_the_window_only_with_forward(tmp_path: Path, 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), NODE_RANK='0',
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-    )
+    set_rank_env(rank, WORLD, port)
     results = {}
     for loss_impl in LOSS_IMPLS:
         for window, forward in WINDOWS.items():
@@ -461,7 +451,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_ranks_never_sync(tmp_path: Path) -> None:
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method='spawn')
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method='spawn')
 
     for rank in range(WORLD):
         results = json.loads((tmp_path / f'{rank}.json').read_text())

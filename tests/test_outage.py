@@ -17,9 +17,8 @@ from pathlib import Path
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from s3_emulator import emulator_env, free_port
 from test_train_cli import TINY_CPU, _overrides
-
-from reweigh.pipeline.s3_emulator import emulator_env
 
 STEPS, EVERY = 24, 4
 
@@ -45,9 +44,8 @@ class _Emulator:
 @pytest.fixture
 def emulator(s3_endpoint):
     """A second server over the same in-process buckets as the session's (bucket ``reweigh``)."""
-    from test_train_cli import _free_port
 
-    emu = _Emulator(_free_port())
+    emu = _Emulator(free_port())
     emu.start()
     yield emu
     emu.stop()

@@ -92,6 +92,20 @@ def test_round_trip_counts_domains_and_every_sample_maps_back_to_its_text(small_
     assert result.tokens == sum(sum(d.tokens.values()) for d in manifest.domains)
 
 
+def test_shard_contract_knows_every_streaming_compression_and_hash():
+    from streaming.base.compression import get_compressions
+    from streaming.base.hashing import get_hash
+
+    from reweigh.pipeline.shards import hash_hex, is_compression
+
+    assert all(is_compression(name) for name in get_compressions())
+    assert not any(is_compression(name) for name in ('lz4', 'zstd:x', 'snappy:1', ''))
+    for algo in ('sha1', 'md5', 'xxh64', 'xxh3_64'):
+        assert hash_hex(algo, b'reweigh') == get_hash(algo, b'reweigh')
+    with pytest.raises(ValueError, match='unknown hash'):
+        hash_hex('crc99', b'')
+
+
 def test_lookup_documents_and_vectorised_domains(small_dataset):
     root, _ = small_dataset
     lookup = SampleLookup(root)

@@ -14,7 +14,7 @@ import torch
 from conftest import SMALL
 from test_train_cli import TINY_CPU, _overrides
 
-from reweigh.cli.analysis import load_history
+from reweigh.analysis import load_history
 from reweigh.cli.main import main
 from reweigh.pipeline import SampleLookup, build_eval_dataloaders, build_train_dataloader, prepare_default_corpus
 from reweigh.pipeline.ids import make_sample_id

@@ -1,4 +1,4 @@
-"""Every Python example in the README runs as written."""
+"""Every Python example in the README and in docs/scale.md runs as written (docs/pipeline.md's need a bucket)."""
 
 import re
 from pathlib import Path
@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 from test_analysis import synthetic_history
 
-README = Path(__file__).resolve().parents[1] / 'README.md'
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
 BLOCKS = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
+DOC_BLOCKS = [
+    (doc.name, block) for doc in [ROOT / 'docs' / 'scale.md']
+    for block in re.findall(r'```python\n(.*?)```', doc.read_text(), flags=re.S)
+]
 
 
 def test_readme_has_python_examples():
@@ -19,3 +24,9 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthetic_history(tmp_path / 'runs' / 'tiny-cpu' / 'history')  # what the Quickstart's run leaves
     exec(compile(BLOCKS[index], f'README.md[python block {index}]', 'exec'), {'__name__': '__readme__'})
+
+
+@pytest.mark.parametrize(('doc', 'block'), DOC_BLOCKS, ids=[f'{d}-{i}' for i, (d, _) in enumerate(DOC_BLOCKS)])
+def test_docs_example_runs(doc, block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, f'docs/{doc}', 'exec'), {'__name__': '__docs__'})

@@ -23,9 +23,10 @@ import pytest
 import torch
 from test_train_cli import TINY_CPU, _overrides
 
-from reweigh.algorithms import HISTORY_SCHEMA, build_causal_lm
+from reweigh.analysis import HISTORY_SCHEMA
 from reweigh.cli.config import ConfigError, load_config
 from reweigh.cli.main import main
+from reweigh.models import build_causal_lm
 from reweigh.pipeline import SampleLookup, build_train_dataloader, read_manifest
 from reweigh.pipeline.ids import make_sample_id
 from reweigh.pipeline.sources import parse_domain_arg

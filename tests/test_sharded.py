@@ -16,7 +16,6 @@ On a GPU, a test runs Composer's own FSDP (FULL_SHARD, one rank) with the fused 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,10 +24,11 @@ import torch
 import torch.multiprocessing as mp
 from composer.core import Callback, State
 from composer.loggers import Logger
-from lm_helpers import SEQ, VOCAB, TokenDataset, make_trainer, tiny_gpt2
+from lm_helpers import SEQ, VOCAB, TokenDataset, free_port, make_trainer, set_rank_env, tiny_gpt2
 from torch.utils.data import DataLoader
 
-from reweigh.algorithms import LossReweighting, ReweighCausalLM, build_causal_lm
+from reweigh.algorithms import LossReweighting
+from reweigh.models import ReweighCausalLM, build_causal_lm
 
 WORLD, BATCH, STEPS = 2, 8, 3
 ALGORITHM = dict(strategy='linupper', r=0.7, warmup='1ba')
@@ -116,17 +116,8 @@ def train(family: str, sharded: bool) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), NODE_RANK='0',
-        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-    )
+    set_rank_env(rank, WORLD, port)
     results = {(family, sharded): train(family, sharded) for family in FAMILIES for sharded in (False, True)}
     torch.save(results, os.path.join(out_dir, f'{rank}.pt'))
 
@@ -134,7 +125,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory) -> list[dict[tuple[str, bool], dict[str, Any]]]:
     out_dir = tmp_path_factory.mktemp('sharded')
-    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
+    mp.start_processes(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method='spawn')
     return [torch.load(out_dir / f'{rank}.pt', weights_only=False) for rank in range(WORLD)]
 
 
@@ -181,7 +172,7 @@ def test_fsdp2_final_parameters_equal_ddp(family, runs):
 def one_gpu_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A world of one for Composer's FSDP, whose process group is torn down again afterwards."""
     for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', LOCAL_WORLD_SIZE='1', NODE_RANK='0',
-                           MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port())).items():
+                           MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
     yield
     import torch.distributed as torch_dist

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 import torch
+from s3_emulator import free_port
 
 from reweigh.cli.main import main
 
@@ -174,7 +175,7 @@ def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, t
     assert one.wait(timeout=600) == 0, one.stderr.read().decode()[-3000:]
     launcher = Path(sys.executable).parent / 'composer'
     two = subprocess.Popen(
-        [str(launcher), '-n', '2', '--master_port', str(_free_port()), '--stdout', str(tmp_path / 'rank{rank}.out'),
+        [str(launcher), '-n', '2', '--master_port', str(free_port()), '--stdout', str(tmp_path / 'rank{rank}.out'),
          '--stderr', str(tmp_path / 'rank{rank}.err'), '-m', 'reweigh.cli.train', str(TINY_CPU),
          *_overrides(data_root, tmp_path / 'two', run_name='two', **common)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -197,12 +198,6 @@ def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, t
     assert double.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0] * 6, abs=1e-6)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_remote_save_folder_gets_checkpoints_and_history_parts(small_dataset, streaming_shm, s3_env, tmp_path, capsys):

@@ -10,14 +10,9 @@ from composer.models import HuggingFaceModel
 from composer.optim import LinearScheduler
 from lm_helpers import make_trainer, params, tiny_gpt2
 
-from reweigh.algorithms import (
-    LossReweighting,
-    ReweighCausalLM,
-    compute_sample_weights,
-    per_sample_loss,
-    register_strategy,
-)
+from reweigh.algorithms import LossReweighting, compute_sample_weights, per_sample_loss, register_strategy
 from reweigh.algorithms import strategies as strategies_module
+from reweigh.models import ReweighCausalLM
 
 
 class Capture(Callback):

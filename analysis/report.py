@@ -1,4 +1,4 @@
-"""Render an :class:`~reweigh.cli.analysis.Analysis` as PNG plots, CSV/Parquet tables and a Markdown report."""
+"""Render an :class:`~reweigh.analysis.Analysis` as PNG plots, CSV/Parquet tables and a Markdown report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from reweigh.cli.analysis import Analysis, extreme_samples, most_deprioritised_domain  # noqa: E402
+from reweigh.analysis.tables import Analysis, most_deprioritised_domain  # noqa: E402
 
 __all__ = ['write_report']
 
@@ -77,12 +77,13 @@ def _plot_quantiles(analysis: Analysis, path: Path) -> None:
 
 
 def _plot_data_map(analysis: Analysis, path: Path) -> None:
-    s = analysis.samples.to_pydict()
+    s = analysis.data_map.to_pydict()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     color = [1.0 if c is None else c for c in s['mean_rel_weight']]
     sc = ax.scatter(s['loss_std'], s['mean_loss'], c=color, cmap='coolwarm', s=8, alpha=0.8)
     fig.colorbar(sc, ax=ax, label='mean relative weight (reweighted steps)')
-    ax.set(title='data map: one dot per sample', xlabel='loss std across visits', ylabel='mean loss')
+    sampled = '' if analysis.samples is not None and analysis.samples.num_rows == len(color) else f' ({len(color):,} sampled)'
+    ax.set(title=f'data map: one dot per sample{sampled}', xlabel='loss std across visits', ylabel='mean loss')
     _save(fig, path)
 
 
@@ -97,12 +98,24 @@ def write_report(
     """Write plots, tables and ``report.md`` into ``out``; return the report's path.
 
     Args:
-        analysis (Analysis): From :func:`~reweigh.cli.analysis.analyze_history`.
+        analysis (Analysis): From :func:`~reweigh.analysis.analyze_history`.
         out (str | Path): Output folder (created).
         domain_names (Sequence[str]): Names by domain index.
         text_of (Callable, optional): Maps sample ids to their text, for snippets.
         title (str): Report title.
         k (int): How many most-deprioritised / most-emphasised samples to list.
+
+    Example:
+        >>> import tempfile
+        >>> import pyarrow as pa
+        >>> from reweigh.analysis import analyze_history, write_report
+        >>> t = pa.table({'step': [0, 0, 1, 1], 'microbatch': [0] * 4, 'rank': [0] * 4,
+        ...               'sample_id': [1, 2, 1, 2], 'domain': [0, 1, 0, 1], 'tokens': [9] * 4,
+        ...               'loss': [1.0, 3.0, 0.5, 3.0], 'weight': [0.5, 0.5, 0.25, 0.75],
+        ...               'r': [1.0] * 4, 'active': [False, False, True, True]})
+        >>> report = write_report(analyze_history(t), tempfile.mkdtemp(), domain_names=['code', 'web'])
+        >>> 'Most deprioritised domain: code' in report.read_text()
+        True
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +125,8 @@ def write_report(
     _save_table(summary, out, 'domain_summary')
     _save_table(analysis.domain_over_time, out, 'domain_over_time')
     _save_table(analysis.weight_quantiles, out, 'weight_quantiles')
-    _save_table(analysis.samples, out, 'samples')
+    if analysis.samples is not None:  # else analyze_history wrote samples.parquet itself
+        _save_table(analysis.samples, out, 'samples')
     _plot_domains(analysis, domain_names, out / 'domains_over_time.png')
     _plot_quantiles(analysis, out / 'weight_distribution.png')
     _plot_data_map(analysis, out / 'data_map.png')
@@ -138,8 +152,8 @@ def write_report(
               '## Weight distribution', '', '![weights per window](weight_distribution.png)', '',
               '## Data map', '', 'Each sample\'s mean loss against its loss variability across visits, coloured '
               'by its mean weight.', '', '![data map](data_map.png)']
-    low, high = extreme_samples(analysis.samples, k)
-    for heading, table in (('Most deprioritised samples', low), ('Most emphasised samples', high)):
+    for heading, table in (('Most deprioritised samples', analysis.deprioritised.slice(0, k)),
+                           ('Most emphasised samples', analysis.emphasised.slice(0, k))):
         if table.num_rows == 0:
             continue
         ids = table['sample_id'].to_pylist()
@@ -151,7 +165,8 @@ def write_report(
             table, ['sample_id', 'domain_name', 'visits', 'mean_loss', 'mean_rel_weight', 'text'],
             {'mean_loss': '.3f', 'mean_rel_weight': '.3f'},
         )]
-    lines += ['', 'Tables: `domain_summary`, `domain_over_time`, `weight_quantiles`, `samples` (`.parquet` and `.csv`).', '']
+    csv = '`.parquet` and `.csv`' if analysis.samples is not None else '`.parquet`; `samples` as `.parquet` only'
+    lines += ['', f'Tables: `domain_summary`, `domain_over_time`, `weight_quantiles`, `samples` ({csv}).', '']
     report = out / 'report.md'
     report.write_text('\n'.join(lines))
     return report

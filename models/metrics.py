@@ -1,6 +1,6 @@
 """Composer's language-model metrics, also fed by per-token losses instead of logits.
 
-With the fused loss (:class:`~reweigh.algorithms.ReweighCausalLM` with ``loss_impl`` ``chunked`` or
+With the fused loss (:class:`~reweigh.models.ReweighCausalLM` with ``loss_impl`` ``chunked`` or
 ``cce``) evaluation never builds the ``(batch, seq, vocab)`` logits: ``eval_forward`` returns the
 ``(batch, seq)`` token losses, and these metrics sum them. They keep Composer's class names, so logged
 keys (``metrics/val/<domain>/LanguageCrossEntropy``) and ``Evaluator(metric_names=...)`` are unchanged.
@@ -21,11 +21,11 @@ class LanguageCrossEntropy(nlp.LanguageCrossEntropy):
     """Token-mean cross-entropy from logits ``(batch, seq, vocab)`` or token losses ``(batch, seq)``.
 
     Token losses must be 0 where ``target`` is ``ignore_index`` (as
-    :func:`~reweigh.algorithms.linear_ce.linear_cross_entropy` returns them).
+    :func:`~reweigh.models.linear_ce.linear_cross_entropy` returns them).
 
     Example:
         >>> import torch
-        >>> from reweigh.algorithms.metrics import LanguageCrossEntropy
+        >>> from reweigh.models.metrics import LanguageCrossEntropy
         >>> metric = LanguageCrossEntropy()
         >>> metric.update(torch.tensor([[1.0, 3.0, 0.0]]), torch.tensor([[4, 5, -100]]))
         >>> metric.compute()

@@ -1,25 +1,14 @@
 """Per-sample loss and weight history, written as Parquet part files off the training thread.
 
-Layout of a history folder (one sub-folder per rank, one file per flushed step range)::
-
-    history/rank0/part-000000000-000000099.parquet   # steps 0..99 of rank 0
-    history/rank1/part-000000000-000000099.parquet
-
-Columns: ``step`` (int64, the batch index), ``microbatch`` (int16), ``rank`` (int16), ``sample_id``
-(int64, -1 if the batch had none), ``domain`` (int32, -1 if none), ``tokens`` (int32), ``loss``
-(float32), ``weight`` (float32; per step and microbatch the weights of all ranks sum to 1), ``r``
-(float32) and ``active`` (bool, False during warm-up). The file metadata holds the strategy, ``r``,
-``delta``, ``warmup`` and the run name. Files appear atomically (written under a temporary name, then
-renamed), so readers never see a partial file.
+The format (folder layout, part names, columns, metadata) is defined in :mod:`reweigh.analysis.format`,
+which every reader uses too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import re
 import threading
 import warnings
 from pathlib import Path
@@ -35,116 +24,62 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from reweigh.algorithms.loss_reweighting import LossReweighting
+from reweigh.analysis.format import (
+    FLOAT_COLUMNS,
+    HISTORY_SCHEMA,
+    INT_COLUMNS,
+    list_parts,
+    parse_part_name,
+    part_name,
+    truncate_history,
+    write_part,
+)
 from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
 
 log = logging.getLogger(__name__)
 
-__all__ = ['HISTORY_SCHEMA', 'LossHistory', 'part_files', 'truncate_history']
+__all__ = ['HistoryChunk', 'HistoryWriter', 'LossHistory']
 
-HISTORY_SCHEMA = pa.schema([
-    ('step', pa.int64()),
-    ('microbatch', pa.int16()),
-    ('rank', pa.int16()),
-    ('sample_id', pa.int64()),
-    ('domain', pa.int32()),
-    ('tokens', pa.int32()),
-    ('loss', pa.float32()),
-    ('weight', pa.float32()),
-    ('r', pa.float32()),
-    ('active', pa.bool_()),
-])
+class HistoryChunk(NamedTuple):
+    """One microbatch of rows for :class:`HistoryWriter` (tensors on the host, or being copied there)."""
 
-_PART = re.compile(r'^part-(\d{9})-(\d{9})\.parquet$')
-
-
-def part_files(folder: str | Path) -> list[tuple[int, int, Path]]:
-    """``(first_step, last_step, path)`` of every finished part file directly in ``folder``, sorted."""
-    out = []
-    for path in Path(folder).glob('part-*.parquet'):
-        m = _PART.match(path.name)
-        if m:
-            out.append((int(m.group(1)), int(m.group(2)), path))
-    return sorted(out)
-
-
-def _part_name(first: int, last: int) -> str:
-    return f'part-{first:09d}-{last:09d}.parquet'
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    pq.write_table(table, tmp, compression='zstd')
-    os.replace(tmp, path)
-
-
-def truncate_history(folder: str | Path, step: int) -> int:
-    """Drop rows with ``step >= step`` from the part files in ``folder`` (used when a run resumes).
-
-    Parts wholly at or past ``step`` are deleted; a part that straddles it is rewritten in place
-    (atomically, keeping its name, whose last step is then an upper bound). Leftover temporary files
-    of an interrupted write are removed; an unreadable part is left for readers to skip, with a warning.
-
-    Returns:
-        int: The number of rows dropped.
-
-    Example:
-        >>> import tempfile
-        >>> from reweigh.algorithms.history import truncate_history
-        >>> truncate_history(tempfile.mkdtemp(), 10)
-        0
-    """
-    folder = Path(folder)
-    for tmp in folder.glob('.part-*.tmp'):
-        tmp.unlink()
-    dropped = 0
-    for first, last, path in part_files(folder):
-        if last < step:
-            continue
-        if first >= step:
-            dropped += pq.ParquetFile(path).metadata.num_rows if _readable(path) else 0
-            path.unlink()
-            continue
-        if not _readable(path):
-            continue
-        table = pq.read_table(path)
-        keep = table.filter(pc.less(table['step'], step))
-        dropped += table.num_rows - keep.num_rows
-        _write_atomic(keep, path)
-    return dropped
-
-
-def _readable(path: Path) -> bool:
-    try:
-        _ = pq.ParquetFile(path).metadata
-    except (pa.ArrowException, OSError) as e:
-        warnings.warn(f'LossHistory: part file {path} is unreadable ({e}).', stacklevel=2)
-        return False
-    return True
-
-
-class _Chunk(NamedTuple):
     step: int
     microbatch: int
-    ints: torch.Tensor  # (3, n) int64: sample_id, domain, tokens
-    floats: torch.Tensor  # (2, n) float32: loss, weight
+    ints: torch.Tensor  # (len(INT_COLUMNS), n) int64, in that order
+    floats: torch.Tensor  # (len(FLOAT_COLUMNS), n) float32, in that order
     r: float
     active: bool
     ready: Any  # torch.cuda.Event or None
 
 
-class _Writer:
-    """One background thread per rank that assembles chunks into Parquet parts."""
+class HistoryWriter:
+    """The background thread behind :class:`LossHistory`: it assembles one rank's chunks into Parquet parts.
+
+    ``put`` queues a chunk (blocking once ``max_queued`` wait); ``flush`` writes everything queued so far as
+    one part named after its first and last step (see :mod:`reweigh.analysis.format`); ``close`` flushes and
+    stops. An error in the thread is raised on the caller's next ``put`` or ``flush``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from reweigh.callbacks.history import HistoryChunk, HistoryWriter
+        >>> writer = HistoryWriter(Path(tempfile.mkdtemp()), rank=0, metadata={}, max_queued=8)
+        >>> writer.put(HistoryChunk(0, 0, torch.tensor([[7], [1], [12]]), torch.tensor([[2.5], [1.0]]), 1.0, True, None))
+        >>> writer.close()
+        >>> [p.name for p in writer.finished]
+        ['part-000000000-000000000.parquet']
+    """
 
     def __init__(self, folder: Path, rank: int, metadata: dict[bytes, bytes], max_queued: int) -> None:
         self.folder, self.rank, self.metadata = folder, rank, metadata
         self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self.finished: list[Path] = []
         self.error: BaseException | None = None
-        self._chunks: list[_Chunk] = []
+        self._chunks: list[HistoryChunk] = []
         self._thread = threading.Thread(target=self._run, name=f'reweigh-history-rank{rank}', daemon=True)
         self._thread.start()
 
-    def put(self, chunk: _Chunk) -> None:
+    def put(self, chunk: HistoryChunk) -> None:
         self._raise_if_failed()
         self.queue.put(chunk)
 
@@ -190,22 +125,17 @@ class _Writer:
         for c in chunks:
             if c.ready is not None:
                 c.ready.synchronize()
-            ints, floats = c.ints.numpy(), c.floats.numpy()
-            n = ints.shape[1]
-            columns['step'].append(np.full(n, c.step, np.int64))
-            columns['microbatch'].append(np.full(n, c.microbatch, np.int16))
-            columns['rank'].append(np.full(n, self.rank, np.int16))
-            columns['sample_id'].append(ints[0])
-            columns['domain'].append(ints[1].astype(np.int32))
-            columns['tokens'].append(ints[2].astype(np.int32))
-            columns['loss'].append(floats[0])
-            columns['weight'].append(floats[1])
-            columns['r'].append(np.full(n, c.r, np.float32))
-            columns['active'].append(np.full(n, c.active, np.bool_))
-        arrays = [pa.array(np.concatenate(columns[f.name]), type=f.type) for f in HISTORY_SCHEMA]
+            n = c.ints.shape[1]
+            for name, values in [*zip(INT_COLUMNS, c.ints.numpy()), *zip(FLOAT_COLUMNS, c.floats.numpy())]:
+                columns[name].append(values)
+            for name, value in (('step', c.step), ('microbatch', c.microbatch), ('rank', self.rank), ('r', c.r),
+                                ('active', c.active)):
+                columns[name].append(np.full(n, value))
+        arrays = [pa.array(np.concatenate(columns[f.name]).astype(f.type.to_pandas_dtype()), type=f.type)
+                  for f in HISTORY_SCHEMA]
         table = pa.Table.from_arrays(arrays, schema=HISTORY_SCHEMA.with_metadata(self.metadata))
-        path = self.folder / _part_name(chunks[0].step, chunks[-1].step)
-        _write_atomic(table, path)
+        path = self.folder / part_name(chunks[0].step, chunks[-1].step)
+        write_part(table, path)
         self.finished.append(path)
 
 
@@ -237,7 +167,8 @@ class LossHistory(Callback):
             (kept in :attr:`upload_error` when it happens while closing). Default: 600.
 
     Example:
-        >>> from reweigh.algorithms import LossHistory, LossReweighting
+        >>> from reweigh.algorithms import LossReweighting
+        >>> from reweigh.callbacks import LossHistory
         >>> callbacks = [LossHistory(folder='runs/{run_name}/history', flush_interval='50ba')]
         >>> algorithms = [LossReweighting('linupper', warmup='100ba')]
         >>> # composer.Trainer(..., algorithms=algorithms, callbacks=callbacks)
@@ -267,7 +198,7 @@ class LossHistory(Callback):
         self._uploader: DurableUploader | None = None
         self.folder: Path | None = None
         self._algorithm: LossReweighting | None = None
-        self._writer: _Writer | None = None
+        self._writer: HistoryWriter | None = None
         self._microbatch = 0
         self._uploaded = 0
         self._warned_ids = False
@@ -294,7 +225,7 @@ class LossHistory(Callback):
                 'warmup': str(a.warmup), 'token_normalize': a.token_normalize, 'world_size': dist.get_world_size(),
             }),
         }
-        self._writer = _Writer(
+        self._writer = HistoryWriter(
             self.folder, rank, {k.encode(): v.encode() for k, v in metadata.items()}, self.max_queued_chunks,
         )
         if self.upload_to is not None:
@@ -313,15 +244,15 @@ class LossHistory(Callback):
         remote = {}
         for name in store.list_objects(self._uploader.object_name(f'{rank_dir}/')):
             base = name.rsplit('/', 1)[-1]
-            if match := _PART.match(base):
-                remote[base] = int(match.group(2))
-        local = {path.name: last for _, last, path in part_files(self.folder)}
+            if steps := parse_part_name(base):
+                remote[base] = steps[1]
+        local = {Path(path).name: last for _, last, path in list_parts(self.folder)}
         for base, last in sorted(remote.items()):
             if last >= resume_step and base not in local:
                 partial = self.folder / f'.{base}.remote'
                 store.download_object(self._uploader.object_name(f'{rank_dir}/{base}'), str(partial), overwrite=True)
                 table = pq.read_table(partial)
-                _write_atomic(table.filter(pc.less(table['step'], resume_step)), partial)
+                write_part(table.filter(pc.less(table['step'], resume_step)), partial)
                 self._uploader.put(partial, f'{rank_dir}/{base}')
                 partial.unlink()
         for base, last in sorted(local.items()):
@@ -342,12 +273,12 @@ class LossHistory(Callback):
             warnings.warn('LossHistory: batches carry no "sample_id"; rows are recorded with sample_id -1.',
                           stacklevel=2)
             self._warned_ids = True
-        ints = torch.stack([
-            batch.get('sample_id', missing).reshape(n).to(torch.int64),
-            batch.get('domain', missing).reshape(n).to(torch.int64),
-            record.tokens.to(torch.int64),
-        ])
-        floats = torch.stack([record.losses, record.weights.float()])
+        per_sample = {
+            'sample_id': batch.get('sample_id', missing), 'domain': batch.get('domain', missing), 'tokens': record.tokens,
+            'loss': record.losses, 'weight': record.weights,
+        }
+        ints = torch.stack([per_sample[c].reshape(n).to(torch.int64) for c in INT_COLUMNS])
+        floats = torch.stack([per_sample[c].reshape(n).float() for c in FLOAT_COLUMNS])
         ready = None
         if ints.is_cuda:
             ints = _to_host_async(ints)
@@ -355,7 +286,7 @@ class LossHistory(Callback):
             ready = torch.cuda.Event()
             ready.record()
         self._writer.put(
-            _Chunk(int(state.timestamp.batch.value), self._microbatch, ints, floats, record.r, record.active, ready),
+            HistoryChunk(int(state.timestamp.batch.value), self._microbatch, ints, floats, record.r, record.active, ready),
         )
         self._microbatch += 1
 

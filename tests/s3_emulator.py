@@ -16,9 +16,16 @@ import logging
 import socket
 from collections.abc import Iterator, Sequence
 
-__all__ = ['emulator_env', 's3_emulator']
+__all__ = ['emulator_env', 'free_port', 's3_emulator']
 
 _DUMMY = 'testing'
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for an emulator or a gloo rendezvous)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def emulator_env(endpoint_url: str) -> dict[str, str]:
@@ -33,9 +40,7 @@ def s3_emulator(buckets: Sequence[str] = ('reweigh',)) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     logging.getLogger('werkzeug').setLevel(logging.ERROR)  # no request log
     server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
     server.start()

@@ -50,7 +50,7 @@ def resolve_loss_impl(impl: str, device: torch.device) -> str:
 
     Example:
         >>> import torch
-        >>> from reweigh.algorithms.linear_ce import resolve_loss_impl
+        >>> from reweigh.models.linear_ce import resolve_loss_impl
         >>> resolve_loss_impl('auto', torch.device('cpu'))
         'chunked'
     """
@@ -73,8 +73,11 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return h @ w.T if b is None else torch.addmm(b, h, w.T)
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, buffer: torch.Tensor) -> torch.Tensor:
+    """``h @ w.T + b`` written into the first rows of ``buffer`` (one buffer for every chunk: on the CPU a fresh
+    256 MiB allocation per chunk costs its page faults every time)."""
+    logits = torch.mm(h, w.T, out=buffer[:h.shape[0]])
+    return logits if b is None else logits.add_(b)
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +85,16 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 
 def _lse_and_loss_eager(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows, vocab)`` logits, ``(rows, 1)`` targets -> fp32 log-sum-exp and loss per row."""
+    """``(rows, vocab)`` logits, ``(rows, 1)`` targets -> fp32 log-sum-exp and loss per row (overwrites ``logits``)."""
+    logits = _acc(logits)
+    target = logits.gather(1, targets).squeeze(1)
+    peak = logits.amax(dim=1, keepdim=True)
+    lse = logits.sub_(peak).exp_().sum(dim=1).log_().add_(peak.squeeze(1))
+    return lse, lse - target
+
+
+def _lse_and_loss_fusable(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same as :func:`_lse_and_loss_eager` without in-place ops, so that the compiler fuses it."""
     logits = _acc(logits)
     lse = torch.logsumexp(logits, dim=1)
     return lse, lse - logits.gather(1, targets).squeeze(1)
@@ -119,7 +131,7 @@ def _kernels(device: torch.device) -> _Kernels:
         return _EAGER
     if _compiled is None:
         _compiled = _Kernels(
-            _fallback(torch.compile(_lse_and_loss_eager, dynamic=True), 'lse_and_loss'),
+            _fallback(torch.compile(_lse_and_loss_fusable, dynamic=True), 'lse_and_loss'),
             _fallback(torch.compile(_grad_logits_fusable, dynamic=True), 'grad_logits'),
         )
     return _compiled
@@ -163,9 +175,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             lse_and_loss = _kernels(hidden.device).lse_and_loss
+            buffer = torch.empty(chunk, w.shape[0], dtype=dtype, device=hidden.device)
             for start in range(0, n, chunk):
                 rows = slice(start, start + chunk)
-                lse[rows], loss[rows] = lse_and_loss(_chunk_logits(h[rows], w, b), safe_targets[rows])
+                lse[rows], loss[rows] = lse_and_loss(_chunk_logits(h[rows], w, b, buffer), safe_targets[rows])
+            del buffer
         loss = torch.where(valid, loss, 0.0)
         ctx.save_for_backward(hidden, weight, bias, safe_targets, valid, lse)
         ctx.chunk, ctx.dtype = chunk, dtype
@@ -185,9 +199,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             grad_of_logits = _kernels(hidden.device).grad_logits
+            buffer = torch.empty(chunk, w.shape[0], dtype=dtype, device=hidden.device)
             for start in range(0, hidden.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                grad_logits = grad_of_logits(_chunk_logits(h[rows], w, b), lse[rows], safe_targets[rows], scale[rows])
+                logits = _chunk_logits(h[rows], w, b, buffer)
+                grad_logits = grad_of_logits(logits, lse[rows], safe_targets[rows], scale[rows])
                 if grad_b is not None:
                     grad_b.add_(grad_logits.sum(0, dtype=acc))
                 if grad_h is not None:
@@ -270,7 +286,7 @@ def linear_cross_entropy(
 
     Example:
         >>> import torch
-        >>> from reweigh.algorithms.linear_ce import linear_cross_entropy
+        >>> from reweigh.models.linear_ce import linear_cross_entropy
         >>> hidden, weight = torch.zeros(3, 4), torch.randn(10, 4)    # zero hidden: uniform over 10 tokens
         >>> linear_cross_entropy(hidden, weight, torch.tensor([1, 2, -100]), chunk_size=2)
         tensor([2.3026, 2.3026, 0.0000])

@@ -12,9 +12,9 @@ from composer.models import HuggingFaceModel
 from torch import nn
 from torchmetrics import Metric
 
-from reweigh.algorithms.linear_ce import LOSS_IMPLS, linear_cross_entropy, resolve_loss_impl
 from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, per_sample_loss, per_sample_mean, shift_labels
-from reweigh.algorithms.metrics import LanguageCrossEntropy, LanguagePerplexity
+from reweigh.models.linear_ce import LOSS_IMPLS, linear_cross_entropy, resolve_loss_impl
+from reweigh.models.metrics import LanguageCrossEntropy, LanguagePerplexity
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ class ReweighCausalLM(HuggingFaceModel):
 
     ``forward`` runs the network with the language-model head computing token losses straight from the
     final hidden states, chunk by chunk (``loss_impl``: see
-    :func:`~reweigh.algorithms.linear_ce.linear_cross_entropy`), so the ``(batch, seq, vocab)`` logits
+    :func:`~reweigh.models.linear_ce.linear_cross_entropy`), so the ``(batch, seq, vocab)`` logits
     never exist; ``loss`` stores the per-sample losses in the outputs under :data:`PER_SAMPLE_LOSS_KEY`
     and returns the ordinary token-mean loss. Without :class:`~reweigh.algorithms.LossReweighting` it
     trains exactly like plain token-mean training; with it, the algorithm reuses the stored losses.
-    Evaluation uses the token losses too (see :mod:`reweigh.algorithms.metrics`). A batch without
+    Evaluation uses the token losses too (see :mod:`reweigh.models.metrics`). A batch without
     ``labels`` (generation, Composer's ICL evaluation) gets ordinary logits.
 
     Args:
@@ -115,8 +115,8 @@ class ReweighCausalLM(HuggingFaceModel):
         tokenizer (transformers.PreTrainedTokenizerBase, optional): Saved with checkpoints.
         metrics (Sequence[Metric], optional): Training metrics. Default: none (they cost time).
         eval_metrics (Sequence[Metric], optional): Evaluation metrics. Default:
-            :class:`~reweigh.algorithms.metrics.LanguageCrossEntropy` and
-            :class:`~reweigh.algorithms.metrics.LanguagePerplexity`.
+            :class:`~reweigh.models.metrics.LanguageCrossEntropy` and
+            :class:`~reweigh.models.metrics.LanguagePerplexity`.
         loss_impl (str): ``'auto'`` (``'cce'`` on CUDA when cut-cross-entropy is installed, else
             ``'chunked'``; ``'materialized'`` for a model outside the fused allow-list), ``'chunked'``,
             ``'cce'``, or ``'materialized'`` (full logits, then cross-entropy). Default: ``'auto'``.
@@ -127,7 +127,7 @@ class ReweighCausalLM(HuggingFaceModel):
 
     Example:
         >>> import torch
-        >>> from reweigh.algorithms import build_causal_lm
+        >>> from reweigh.models import build_causal_lm
         >>> model = build_causal_lm('gpt2', n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=8)
         >>> batch = {'input_ids': torch.randint(0, 50, (2, 8))}
         >>> batch['labels'] = batch['input_ids'].clone()
@@ -228,7 +228,7 @@ def build_causal_lm(
         ValueError: For an unknown family, a configuration ``transformers`` rejects, or a bad ``loss_impl``.
 
     Example:
-        >>> from reweigh.algorithms import build_causal_lm
+        >>> from reweigh.models import build_causal_lm
         >>> model = build_causal_lm('llama', hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         ...                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64)
         >>> type(model.model).__name__

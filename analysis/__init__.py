@@ -1,0 +1,39 @@
+"""Loss-history analysis as a library: the history format, DuckDB aggregations and the report.
+
+It needs neither torch nor Composer nor Streaming, so a notebook or a CPU box can analyse a run's history
+(local or on an object store) without the training stack. ``reweigh analyze`` is a thin CLI over it.
+
+Example:
+    >>> import pyarrow as pa
+    >>> from reweigh.analysis import HISTORY_SCHEMA, analyze_history, most_deprioritised_domain
+    >>> rows = {'step': [0, 0], 'microbatch': [0, 0], 'rank': [0, 0], 'sample_id': [7, 8], 'domain': [0, 1],
+    ...         'tokens': [5, 5], 'loss': [0.2, 4.0], 'weight': [0.1, 0.9], 'r': [1.0, 1.0], 'active': [True, True]}
+    >>> analysis = analyze_history(pa.table(rows, schema=HISTORY_SCHEMA))
+    >>> most_deprioritised_domain(analysis.summary)
+    0
+"""
+
+import importlib
+from typing import Any
+
+from reweigh.analysis.format import HISTORY_SCHEMA, list_parts, truncate_history
+from reweigh.analysis.tables import Analysis, analyze_history, load_history, most_deprioritised_domain
+
+__all__ = [
+    'HISTORY_SCHEMA',
+    'Analysis',
+    'analyze_history',
+    'list_parts',
+    'load_history',
+    'most_deprioritised_domain',
+    'truncate_history',
+    'write_report',
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'write_report':  # imported on first use: it brings matplotlib
+        value = importlib.import_module('reweigh.analysis.report').write_report
+        globals()[name] = value
+        return value
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,188 @@
+"""The loss-history format: one definition for the writer (:class:`~reweigh.callbacks.LossHistory`) and every reader.
+
+A history folder holds one sub-folder per rank and one Parquet *part* per flushed step range::
+
+    history/rank0/part-000000000-000000099.parquet   # steps 0..99 of rank 0
+    history/rank1/part-000000000-000000099.parquet
+
+Columns are :data:`HISTORY_SCHEMA`; the file metadata (key ``reweigh``) holds the run's strategy,
+``r``, ``delta``, ``warmup``, run name and world size as JSON. Parts appear atomically (written under a
+temporary name starting with ``.``, then renamed), so a reader never sees a partial file; a part is still
+checked before use, since a full disk or an older writer can leave one unreadable. Folders may be local
+or on an object store (``s3://``, ``gs://``): listing and reading go through a pyarrow ``FileSystem``.
+This module imports neither torch nor Composer.
+
+Example:
+    >>> from reweigh.analysis.format import part_name, parse_part_name
+    >>> part_name(0, 99)
+    'part-000000000-000000099.parquet'
+    >>> parse_part_name('part-000000100-000000199.parquet'), parse_part_name('notes.txt')
+    ((100, 199), None)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    'FLOAT_COLUMNS',
+    'HISTORY_SCHEMA',
+    'INT_COLUMNS',
+    'Part',
+    'filesystem_for',
+    'is_readable',
+    'list_parts',
+    'parse_part_name',
+    'part_name',
+    'truncate_history',
+    'write_part',
+]
+
+HISTORY_SCHEMA = pa.schema([
+    ('step', pa.int64()),
+    ('microbatch', pa.int16()),
+    ('rank', pa.int16()),
+    ('sample_id', pa.int64()),
+    ('domain', pa.int32()),
+    ('tokens', pa.int32()),
+    ('loss', pa.float32()),
+    ('weight', pa.float32()),
+    ('r', pa.float32()),
+    ('active', pa.bool_()),
+])
+"""One row per sample and step: ``step`` (the batch index), ``microbatch``, ``rank``, ``sample_id`` (-1 if the
+batch had none), ``domain`` (-1 if none), ``tokens`` (loss-bearing tokens), ``loss`` (the sample's mean token
+loss), ``weight`` (per step and microbatch the weights of all ranks sum to 1), ``r`` (temperature) and
+``active`` (False during warm-up)."""
+
+INT_COLUMNS = ('sample_id', 'domain', 'tokens')
+"""The per-sample integer columns, in the order the writer stacks them into one int64 tensor."""
+
+FLOAT_COLUMNS = ('loss', 'weight')
+"""The per-sample float columns, in the order the writer stacks them into one float32 tensor."""
+
+_PART = re.compile(r'^part-(\d{9})-(\d{9})\.parquet$')
+
+
+class Part(NamedTuple):
+    """A finished part file: the steps it covers and where it is (a path on its filesystem)."""
+    first: int
+    last: int
+    path: str
+
+
+def part_name(first: int, last: int) -> str:
+    """The file name of the part holding steps ``first`` to ``last``."""
+    return f'part-{first:09d}-{last:09d}.parquet'
+
+
+def parse_part_name(name: str) -> tuple[int, int] | None:
+    """``(first, last)`` of a part's file name, or ``None`` if ``name`` is not a finished part."""
+    m = _PART.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def filesystem_for(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path on it, for a local path or a URI.
+
+    ``s3://`` honours ``S3_ENDPOINT_URL`` as Streaming does; credentials come from the environment or the
+    standard cloud config files, as pyarrow reads them, and are never logged.
+    """
+    from reweigh.pipeline.storage import is_remote
+
+    path = str(path)
+    if not is_remote(path):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    endpoint = os.environ.get('S3_ENDPOINT_URL')
+    if path.startswith('s3://') and endpoint:
+        scheme, _, host = endpoint.partition('://')
+        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme), path[len('s3://'):]
+    return pafs.FileSystem.from_uri(path)
+
+
+def list_parts(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = None, recursive: bool = False) -> list[Part]:
+    """Every finished part under ``folder`` (its rank sub-folders too with ``recursive``), sorted by path.
+
+    Args:
+        folder: A local folder or URI; with ``filesystem``, a path on it.
+        filesystem: The filesystem ``folder`` is on. Default: from ``folder`` (see :func:`filesystem_for`).
+        recursive: Also list sub-folders (a whole history rather than one rank).
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.analysis.format import list_parts
+        >>> list_parts(tempfile.mkdtemp())
+        []
+    """
+    if filesystem is None:
+        filesystem, folder = filesystem_for(folder)
+    selector = pafs.FileSelector(str(folder), recursive=recursive, allow_not_found=True)
+    parts = []
+    for info in filesystem.get_file_info(selector):
+        steps = parse_part_name(info.base_name) if info.type == pafs.FileType.File else None
+        if steps is not None:
+            parts.append(Part(*steps, info.path))
+    return sorted(parts, key=lambda p: p.path)
+
+
+def is_readable(path: str, filesystem: pafs.FileSystem | None = None) -> bool:
+    """Whether the part at ``path`` has a readable Parquet footer; warns naming the file if not."""
+    try:
+        pq.ParquetFile(path, filesystem=filesystem).metadata  # noqa: B018 (reads the footer)
+    except (pa.ArrowException, OSError) as e:
+        warnings.warn(f'loss history: part file {path} is unreadable and is skipped ({e}).', stacklevel=2)
+        return False
+    return True
+
+
+def write_part(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` to the local ``path`` atomically (a temporary ``.name.tmp``, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    pq.write_table(table, tmp, compression='zstd')
+    os.replace(tmp, path)
+
+
+def truncate_history(folder: str | os.PathLike, step: int) -> int:
+    """Drop rows with ``step >= step`` from the local part files in ``folder`` (used when a run resumes).
+
+    Parts wholly at or past ``step`` are deleted; a part that straddles it is rewritten in place
+    (atomically, keeping its name, whose last step is then an upper bound). Leftover temporary files of an
+    interrupted write are removed; an unreadable part is left for readers to skip, with a warning.
+
+    Returns:
+        int: The number of rows dropped.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.analysis.format import truncate_history
+        >>> truncate_history(tempfile.mkdtemp(), 10)
+        0
+    """
+    folder = Path(folder)
+    for tmp in folder.glob('.part-*.tmp'):
+        tmp.unlink()
+    dropped = 0
+    for first, last, path in list_parts(folder):
+        if last < step:
+            continue
+        if first >= step:
+            dropped += pq.ParquetFile(path).metadata.num_rows if is_readable(path) else 0
+            os.unlink(path)
+            continue
+        if not is_readable(path):
+            continue
+        table = pq.read_table(path)
+        keep = table.filter(pc.less(table['step'], step))
+        dropped += table.num_rows - keep.num_rows
+        write_part(keep, path)
+    return dropped

@@ -1,0 +1,230 @@
+"""Tables that answer "which samples and domains did training deprioritise, and when?".
+
+Pure functions over a loss history (see :mod:`reweigh.analysis.format`). The aggregation runs in DuckDB
+over the Parquet parts where they are (local files natively, object stores through pyarrow), in a
+bounded amount of memory that spills to disk, so a 100M-row history of a large run fits in a few GiB.
+Weights are reported *relative to uniform*: ``rel_weight = weight * n``, where ``n`` is the number of
+samples the weight was normalised over (one step's microbatch across all ranks), so 1.0 means "counted
+like in plain training", 0.5 "half as much".
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from reweigh.analysis.format import HISTORY_SCHEMA, filesystem_for, is_readable, list_parts
+
+__all__ = ['Analysis', 'analyze_history', 'load_history', 'most_deprioritised_domain']
+
+
+class _Parts(NamedTuple):
+    files: list[str]
+    filesystem: object
+    local: bool
+
+
+def _find_parts(path: str | os.PathLike) -> _Parts:
+    filesystem, root = filesystem_for(path)
+    files = [p.path for p in list_parts(root, filesystem, recursive=True)]
+    if not files:
+        raise FileNotFoundError(f'no loss-history part files under {str(path)!r}.')
+    return _Parts(files, filesystem, isinstance(filesystem, pafs.LocalFileSystem))
+
+
+def _readable(parts: _Parts) -> _Parts:
+    return parts._replace(files=[f for f in parts.files if is_readable(f, parts.filesystem)])
+
+
+def load_history(path: str | os.PathLike) -> pa.Table:
+    """Read every readable part under ``path`` (a local folder or ``s3://``/``gs://`` URI) into one table.
+
+    For histories that fit in memory; :func:`analyze_history` takes the path itself and does not load it.
+    Unreadable parts (a full disk, an older writer) are skipped with a warning.
+
+    Raises:
+        FileNotFoundError: If ``path`` holds no part files.
+    """
+    parts = _readable(_find_parts(path))
+    return pads.dataset(parts.files, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem).to_table()
+
+
+class Analysis(NamedTuple):
+    """The analysis tables (pyarrow), ready to save or plot."""
+    summary: pa.Table
+    """Per domain: rows, samples, mean loss; on reweighted steps: mean loss, mean relative weight, share
+    of the total weight and share of the rows (null for a run that never reweighted)."""
+    domain_over_time: pa.Table
+    """Per step window and domain: mean loss and mean relative weight."""
+    weight_quantiles: pa.Table
+    """Per step window: quantiles of the relative weight over reweighted rows."""
+    deprioritised: pa.Table
+    """The ``k`` samples with the lowest mean relative weight (reweighted rows), lowest first."""
+    emphasised: pa.Table
+    """The ``k`` samples with the highest mean relative weight, highest first."""
+    data_map: pa.Table
+    """Up to ``map_points`` samples (a seeded reservoir sample) with their per-sample columns, for a plot."""
+    samples: pa.Table | None
+    """Per sample: visits, mean and std of the loss across visits, domain, mean relative weight (reweighted
+    rows); ``None`` when it was written to ``samples_to`` instead of being held in memory."""
+    rows: int
+    steps: int
+    first_active_step: int | None
+
+
+def analyze_history(
+    history: str | os.PathLike | pa.Table,
+    windows: int = 10,
+    quantiles: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    k: int = 10,
+    samples_to: str | os.PathLike | None = None,
+    map_points: int = 20_000,
+    memory_limit: str = '3GB',
+) -> Analysis:
+    """Aggregate a loss history into the tables of :class:`Analysis` with DuckDB.
+
+    Args:
+        history: A history folder or URI (read in place), or a table with the history schema.
+        windows: Number of equal step windows for the over-time tables. Default: ``10``.
+        quantiles: Quantiles of the relative weight per window.
+        k: How many most deprioritised / emphasised samples to return. Default: ``10``.
+        samples_to: Write the per-sample table to this local Parquet file instead of returning it
+            (a run of 100M rows has tens of millions of samples). Default: return it.
+        map_points: Samples in :attr:`Analysis.data_map`. Default: ``20_000``.
+        memory_limit: DuckDB's memory limit; beyond it, work spills to a temporary folder. Default: ``'3GB'``.
+
+    Returns:
+        Analysis: the tables.
+
+    Raises:
+        FileNotFoundError: If a ``history`` folder holds no part files.
+        ValueError: If the history is empty.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> from reweigh.analysis import analyze_history
+        >>> t = pa.table({'step': [0, 0, 1, 1], 'microbatch': [0] * 4, 'rank': [0] * 4,
+        ...               'sample_id': [1, 2, 1, 2], 'domain': [0, 1, 0, 1], 'tokens': [9] * 4,
+        ...               'loss': [1.0, 3.0, 0.5, 3.0], 'weight': [0.5, 0.5, 0.25, 0.75],
+        ...               'r': [1.0] * 4, 'active': [False, False, True, True]})
+        >>> a = analyze_history(t)
+        >>> a.summary.column('mean_rel_weight').to_pylist(), a.deprioritised['sample_id'].to_pylist()
+        ([0.5, 1.5], [1, 2])
+    """
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix='reweigh-analyze-') as spill:
+        con = duckdb.connect(config={'memory_limit': memory_limit, 'temp_directory': spill,
+                                     'preserve_insertion_order': False})
+        try:
+            _load(con, history)
+            return _aggregate(con, windows, quantiles, k, samples_to, map_points)
+        finally:
+            con.close()
+
+
+def _load(con, history: str | os.PathLike | pa.Table) -> None:
+    """Create the table ``h``: the columns the analysis needs, with ``rel_weight``, in one pass over the parts."""
+    if isinstance(history, pa.Table):
+        con.register('history', history)
+    else:
+        parts = _find_parts(history)
+        try:
+            _register(con, parts)
+            con.sql('SELECT count(*) FROM history').fetchall()
+        except Exception:  # an unreadable part: check each, skip the bad ones (with a warning), read the rest
+            parts = _readable(parts)
+            if not parts.files:
+                raise ValueError(f'no readable loss-history part under {str(history)!r}.') from None
+            _register(con, parts)
+    con.sql('CREATE TEMP TABLE counts AS SELECT step, microbatch, count(*) AS n FROM history GROUP BY ALL')
+    con.sql("""
+        CREATE TEMP TABLE h AS
+        SELECT step, sample_id, domain, loss, weight, active, weight * n AS rel_weight
+        FROM history JOIN counts USING (step, microbatch)
+    """)
+
+
+def _register(con, parts: _Parts) -> None:
+    if parts.local:
+        con.read_parquet(parts.files).create_view('history', replace=True)
+    else:
+        dataset = pads.dataset(parts.files, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem)
+        con.register('history', dataset)
+
+
+def _aggregate(con, windows: int, quantiles: tuple[float, ...], k: int, samples_to, map_points: int) -> Analysis:
+    rows, steps, first_active = con.sql('SELECT count(*), max(step) + 1, min(step) FILTER (WHERE active) FROM h').fetchall()[0]
+    if not rows:
+        raise ValueError('the loss history is empty.')
+    window = max(1, -(-steps // windows))
+    summary = con.sql("""
+        WITH per_sample AS (SELECT sample_id, min(domain) AS domain FROM h GROUP BY sample_id),
+        totals AS (SELECT sum(weight) AS total_weight, count(*) AS total_rows FROM h WHERE active)
+        SELECT d.domain, d.rows, s.samples, d.mean_loss, a.mean_loss_reweighted, a.mean_rel_weight,
+               a.weight_share, a.row_share
+        FROM (SELECT domain, count(*) AS rows, avg(loss) AS mean_loss FROM h GROUP BY domain) d
+        JOIN (SELECT domain, count(*) AS samples FROM per_sample GROUP BY domain) s USING (domain)
+        LEFT JOIN (
+            SELECT domain, avg(loss) AS mean_loss_reweighted, avg(rel_weight) AS mean_rel_weight,
+                   sum(weight) / any_value(total_weight) AS weight_share,
+                   count(*) / any_value(total_rows) AS row_share
+            FROM h, totals WHERE active GROUP BY domain
+        ) a USING (domain)
+        ORDER BY domain
+    """).to_arrow_table()
+    over_time = con.sql(f"""
+        SELECT (step // {window}) * {window} AS "window", domain, avg(loss) AS mean_loss,
+               avg(rel_weight) AS mean_rel_weight, count(*) AS rows
+        FROM h GROUP BY ALL ORDER BY "window", domain
+    """).to_arrow_table()
+    q_cols = ', '.join(f'quantile_cont(rel_weight, {q}) AS q{round(q * 100):02d}' for q in quantiles)
+    weight_quantiles = con.sql(f"""
+        SELECT (step // {window}) * {window} AS "window", {q_cols}
+        FROM h WHERE active GROUP BY "window" ORDER BY "window"
+    """).to_arrow_table()
+    con.sql("""
+        CREATE TEMP TABLE samples AS
+        SELECT sample_id, count(*) AS visits, avg(loss) AS mean_loss, stddev_pop(loss) AS loss_std,
+               min(domain) AS domain, avg(rel_weight) FILTER (WHERE active) AS mean_rel_weight
+        FROM h GROUP BY sample_id
+    """)
+    con.sql('DROP TABLE h')
+    extremes = [
+        con.sql(f"""
+            SELECT * FROM samples WHERE mean_rel_weight IS NOT NULL
+            ORDER BY mean_rel_weight {order}, sample_id LIMIT {int(k)}
+        """).to_arrow_table() for order in ('ASC', 'DESC')
+    ]
+    data_map = con.sql(f'SELECT * FROM samples USING SAMPLE reservoir({int(map_points)} ROWS) REPEATABLE (17)')
+    data_map = data_map.to_arrow_table().sort_by('sample_id')
+    if samples_to is None:
+        samples = con.sql('SELECT * FROM samples ORDER BY sample_id').to_arrow_table()
+    else:
+        samples = None
+        con.sql(f"COPY (SELECT * FROM samples ORDER BY sample_id) TO '{_sql_path(samples_to)}' "
+                '(FORMAT parquet, COMPRESSION zstd)')
+    return Analysis(
+        summary, over_time, weight_quantiles, *extremes, data_map, samples, int(rows), int(steps),
+        None if first_active is None else int(first_active),
+    )
+
+
+def _sql_path(path: str | os.PathLike) -> str:
+    return os.fspath(path).replace("'", "''")
+
+
+def most_deprioritised_domain(summary: pa.Table) -> int | None:
+    """Domain index with the lowest mean relative weight on reweighted steps (``None`` if never reweighted)."""
+    valid = summary.filter(pc.is_valid(summary['mean_rel_weight']))
+    if valid.num_rows == 0:
+        return None
+    lowest = pc.min(valid['mean_rel_weight'])
+    return int(valid.filter(pc.equal(valid['mean_rel_weight'], lowest))['domain'][0].as_py())
+

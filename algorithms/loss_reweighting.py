@@ -16,6 +16,7 @@ from composer.utils import dist
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
 from reweigh.algorithms.gather import gather_global_batch
 from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.times import parse_time
 from reweigh.algorithms.weights import (
     WeightStats,
     compute_sample_weights,
@@ -33,9 +34,8 @@ _METRIC_PREFIX = 'loss_reweighting'
 
 
 def parse_warmup(warmup: str | int | Time) -> Time:
-    """Parse a warm-up length: a Composer time string (``'1000ba'``, ``'2M tok'`` is not allowed but
-    ``'2000000tok'`` is, ``'0.05dur'``, ``'100sp'``, ``'1ep'``), a :class:`~composer.core.Time`, or an
-    int number of batches.
+    """Parse a warm-up length: a Composer time string (``'1000ba'``, ``'0.05dur'``, ``'1000000tok'``,
+    ``'100sp'``, ``'1ep'``), a :class:`~composer.core.Time`, or an int number of batches.
 
     Raises:
         ValueError: If the value cannot be parsed, is negative, or uses an unsupported unit.
@@ -45,25 +45,7 @@ def parse_warmup(warmup: str | int | Time) -> Time:
         >>> parse_warmup('1000ba')
         Time(1000, TimeUnit.BATCH)
     """
-    try:
-        if isinstance(warmup, Time):
-            t = warmup
-        elif isinstance(warmup, int) and not isinstance(warmup, bool):
-            t = Time(warmup, TimeUnit.BATCH)
-        elif isinstance(warmup, str):
-            t = Time.from_timestring(warmup.replace(' ', ''))
-        else:
-            raise TypeError(type(warmup).__name__)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f'warmup must be a Composer time string such as "1000ba", "0.05dur", "1000000tok", "100sp" or '
-            f'"1ep", or an int number of batches; got {warmup!r}.',
-        ) from e
-    if t.unit not in _WARMUP_UNITS:
-        raise ValueError(f'warmup unit {t.unit.value!r} is not supported; use one of ba, sp, tok, ep, dur.')
-    if t.value < 0:
-        raise ValueError(f'warmup must be >= 0, got {warmup!r}.')
-    return t
+    return parse_time(warmup, _WARMUP_UNITS, 'warmup')
 
 
 class MicrobatchWeights(NamedTuple):

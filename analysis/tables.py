@@ -21,7 +21,11 @@ import pyarrow.fs as pafs
 
 from reweigh.analysis.format import HISTORY_SCHEMA, filesystem_for, is_readable, list_parts
 
-__all__ = ['Analysis', 'analyze_history', 'load_history', 'most_deprioritised_domain']
+__all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'analyze_history', 'load_history', 'most_deprioritised_domain']
+
+EXACT_QUANTILE_ROWS = 10_000_000
+"""Up to this many history rows the weight quantiles are exact; beyond, they are those of a seeded uniform
+sample of about this many rows (exact quantiles hold every value in memory)."""
 
 
 class _Parts(NamedTuple):
@@ -63,13 +67,15 @@ class Analysis(NamedTuple):
     domain_over_time: pa.Table
     """Per step window and domain: mean loss and mean relative weight."""
     weight_quantiles: pa.Table
-    """Per step window: quantiles of the relative weight over reweighted rows."""
+    """Per step window: quantiles of the relative weight over reweighted rows (of a uniform sample beyond
+    :data:`EXACT_QUANTILE_ROWS` rows)."""
     deprioritised: pa.Table
     """The ``k`` samples with the lowest mean relative weight (reweighted rows), lowest first."""
     emphasised: pa.Table
     """The ``k`` samples with the highest mean relative weight, highest first."""
     data_map: pa.Table
-    """Up to ``map_points`` samples (a seeded reservoir sample) with their per-sample columns, for a plot."""
+    """Up to ``map_points`` samples (a pseudo-random subset, the same on every run) with their per-sample
+    columns, for a plot."""
     samples: pa.Table | None
     """Per sample: visits, mean and std of the loss across visits, domain, mean relative weight (reweighted
     rows); ``None`` when it was written to ``samples_to`` instead of being held in memory."""
@@ -120,8 +126,10 @@ def analyze_history(
     import duckdb
 
     with tempfile.TemporaryDirectory(prefix='reweigh-analyze-') as spill:
-        con = duckdb.connect(config={'memory_limit': memory_limit, 'temp_directory': spill,
-                                     'preserve_insertion_order': False})
+        # A database file rather than an in-memory one, so that the loaded history can leave memory too.
+        con = duckdb.connect(os.path.join(spill, 'history.duckdb'), config={
+            'memory_limit': memory_limit, 'temp_directory': spill, 'preserve_insertion_order': False,
+        })
         try:
             _load(con, history)
             return _aggregate(con, windows, quantiles, k, samples_to, map_points)
@@ -131,24 +139,32 @@ def analyze_history(
 
 def _load(con, history: str | os.PathLike | pa.Table) -> None:
     """Create the table ``h``: the columns the analysis needs, with ``rel_weight``, in one pass over the parts."""
+    import duckdb
+
     if isinstance(history, pa.Table):
         con.register('history', history)
-    else:
-        parts = _find_parts(history)
-        try:
-            _register(con, parts)
-            con.sql('SELECT count(*) FROM history').fetchall()
-        except Exception:  # an unreadable part: check each, skip the bad ones (with a warning), read the rest
-            parts = _readable(parts)
-            if not parts.files:
-                raise ValueError(f'no readable loss-history part under {str(history)!r}.') from None
-            _register(con, parts)
-    con.sql('CREATE TEMP TABLE counts AS SELECT step, microbatch, count(*) AS n FROM history GROUP BY ALL')
+        return _materialize(con)
+    parts = _find_parts(history)
+    try:
+        _register(con, parts)
+        _materialize(con)
+    except (duckdb.Error, pa.ArrowException, OSError):  # an unreadable part: skip it (with a warning), read the rest
+        parts = _readable(parts)
+        if not parts.files:
+            raise ValueError(f'no readable loss-history part under {str(history)!r}.') from None
+        _register(con, parts)
+        _materialize(con)
+
+
+def _materialize(con) -> None:
+    con.sql('CREATE OR REPLACE TABLE raw AS SELECT step, microbatch, sample_id, domain, loss, weight, active FROM history')
+    con.sql('CREATE OR REPLACE TABLE counts AS SELECT step, microbatch, count(*) AS n FROM raw GROUP BY ALL')
     con.sql("""
-        CREATE TEMP TABLE h AS
+        CREATE OR REPLACE TABLE h AS
         SELECT step, sample_id, domain, loss, weight, active, weight * n AS rel_weight
-        FROM history JOIN counts USING (step, microbatch)
+        FROM raw JOIN counts USING (step, microbatch)
     """)
+    con.sql('DROP TABLE raw')
 
 
 def _register(con, parts: _Parts) -> None:
@@ -164,13 +180,18 @@ def _aggregate(con, windows: int, quantiles: tuple[float, ...], k: int, samples_
     if not rows:
         raise ValueError('the loss history is empty.')
     window = max(1, -(-steps // windows))
+    con.sql("""
+        CREATE TABLE samples AS
+        SELECT sample_id, count(*) AS visits, avg(loss) AS mean_loss, stddev_pop(loss) AS loss_std,
+               min(domain) AS domain, avg(rel_weight) FILTER (WHERE active) AS mean_rel_weight
+        FROM h GROUP BY sample_id
+    """)
     summary = con.sql("""
-        WITH per_sample AS (SELECT sample_id, min(domain) AS domain FROM h GROUP BY sample_id),
-        totals AS (SELECT sum(weight) AS total_weight, count(*) AS total_rows FROM h WHERE active)
+        WITH totals AS (SELECT sum(weight) AS total_weight, count(*) AS total_rows FROM h WHERE active)
         SELECT d.domain, d.rows, s.samples, d.mean_loss, a.mean_loss_reweighted, a.mean_rel_weight,
                a.weight_share, a.row_share
         FROM (SELECT domain, count(*) AS rows, avg(loss) AS mean_loss FROM h GROUP BY domain) d
-        JOIN (SELECT domain, count(*) AS samples FROM per_sample GROUP BY domain) s USING (domain)
+        JOIN (SELECT domain, count(*) AS samples FROM samples GROUP BY domain) s USING (domain)
         LEFT JOIN (
             SELECT domain, avg(loss) AS mean_loss_reweighted, avg(rel_weight) AS mean_rel_weight,
                    sum(weight) / any_value(total_weight) AS weight_share,
@@ -184,17 +205,14 @@ def _aggregate(con, windows: int, quantiles: tuple[float, ...], k: int, samples_
                avg(rel_weight) AS mean_rel_weight, count(*) AS rows
         FROM h GROUP BY ALL ORDER BY "window", domain
     """).to_arrow_table()
+    # Exact quantiles hold every value of a window in memory: beyond EXACT_QUANTILE_ROWS rows they are
+    # taken over a seeded uniform sample of about that many rows.
+    sample = '' if rows <= EXACT_QUANTILE_ROWS else f'USING SAMPLE {100 * EXACT_QUANTILE_ROWS / rows:.6f} PERCENT (bernoulli, 17)'
     q_cols = ', '.join(f'quantile_cont(rel_weight, {q}) AS q{round(q * 100):02d}' for q in quantiles)
     weight_quantiles = con.sql(f"""
         SELECT (step // {window}) * {window} AS "window", {q_cols}
-        FROM h WHERE active GROUP BY "window" ORDER BY "window"
+        FROM (SELECT step, rel_weight FROM h WHERE active {sample}) GROUP BY "window" ORDER BY "window"
     """).to_arrow_table()
-    con.sql("""
-        CREATE TEMP TABLE samples AS
-        SELECT sample_id, count(*) AS visits, avg(loss) AS mean_loss, stddev_pop(loss) AS loss_std,
-               min(domain) AS domain, avg(rel_weight) FILTER (WHERE active) AS mean_rel_weight
-        FROM h GROUP BY sample_id
-    """)
     con.sql('DROP TABLE h')
     extremes = [
         con.sql(f"""
@@ -202,7 +220,8 @@ def _aggregate(con, windows: int, quantiles: tuple[float, ...], k: int, samples_
             ORDER BY mean_rel_weight {order}, sample_id LIMIT {int(k)}
         """).to_arrow_table() for order in ('ASC', 'DESC')
     ]
-    data_map = con.sql(f'SELECT * FROM samples USING SAMPLE reservoir({int(map_points)} ROWS) REPEATABLE (17)')
+    # a pseudo-random subset that does not depend on row order (which parallel aggregation does not keep)
+    data_map = con.sql(f'SELECT * FROM samples ORDER BY hash(sample_id), sample_id LIMIT {int(map_points)}')
     data_map = data_map.to_arrow_table().sort_by('sample_id')
     if samples_to is None:
         samples = con.sql('SELECT * FROM samples ORDER BY sample_id').to_arrow_table()

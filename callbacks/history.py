@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from composer.core import Callback, State, Time, TimeUnit
+from composer.core import Callback, State, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
 from reweigh.algorithms.loss_reweighting import LossReweighting
+from reweigh.algorithms.times import parse_time
 from reweigh.analysis.format import (
     FLOAT_COLUMNS,
     HISTORY_SCHEMA,
@@ -182,10 +183,8 @@ class LossHistory(Callback):
         upload_to: str | None = None,
         outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
     ) -> None:
-        interval = Time(flush_interval, TimeUnit.BATCH) if isinstance(flush_interval, int) else Time.from_timestring(
-            str(flush_interval),
-        )
-        if interval.unit != TimeUnit.BATCH or interval.value <= 0:
+        interval = parse_time(flush_interval, (TimeUnit.BATCH,), 'flush_interval')
+        if interval.value <= 0:
             raise ValueError(f'flush_interval must be a positive number of batches, e.g. "100ba"; got {flush_interval!r}.')
         if max_queued_chunks <= 0:
             raise ValueError(f'max_queued_chunks must be > 0, got {max_queued_chunks}.')

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from composer.core import Time, TimeUnit
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reweigh.algorithms import available_strategies, parse_warmup
+from reweigh.algorithms import LossReweighting
+from reweigh.algorithms.times import parse_time
+from reweigh.pipeline.storage import is_remote
 from reweigh.pipeline.uploads import SCHEMES as UPLOAD_SCHEMES
 from reweigh.safety.names import check_name
 
@@ -225,7 +228,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     return cfg  # type: ignore[return-value]
 
 
-def _fail(key: str, message: str) -> None:
+def _fail(key: str, message: str) -> NoReturn:
     raise ConfigError(f'config key {key!r}: {message}')
 
 
@@ -239,14 +242,9 @@ def _check_name(key: str, value: Any) -> None:
 
 def _check_time(key: str, value: str, units: Sequence[TimeUnit]) -> Time:
     try:
-        t = Time.from_timestring(str(value).replace(' ', ''))
-    except ValueError:
-        _fail(key, f'{value!r} is not a Composer time string such as "100ba", "1ep" or "0.5dur".')
-    if t.unit not in units:
-        _fail(key, f'unit {t.unit.value!r} not allowed here; use one of {", ".join(u.value for u in units)}.')
-    if t.value < 0:
-        _fail(key, f'must be >= 0, got {value!r}.')
-    return t
+        return parse_time(value, units, key.rsplit('.', 1)[-1])
+    except ValueError as e:
+        _fail(key, str(e))
 
 
 def validate_uri(key: str, value: str) -> str:
@@ -305,7 +303,7 @@ def _validate(cfg: Any) -> None:
             continue
         ds = loader.dataset
         validate_uri(f'{loader_key}.dataset.local', ds.local)
-        if '://' in ds.local:
+        if is_remote(ds.local):
             _fail(f'{loader_key}.dataset.local', 'must be a local folder; put object-store URIs in "remote".')
         if ds.remote is not None:
             validate_uri(f'{loader_key}.dataset.remote', ds.remote)
@@ -333,16 +331,11 @@ def _validate(cfg: Any) -> None:
     lr_cfg = cfg.algorithms.loss_reweighting
     if lr_cfg is not None:
         key = 'algorithms.loss_reweighting'
-        if lr_cfg.strategy not in available_strategies():
-            _fail(f'{key}.strategy', f'{lr_cfg.strategy!r} is not one of {", ".join(available_strategies())}.')
-        for name in ('r', 'delta'):
-            value = lr_cfg[name]
-            if not (math.isfinite(value) and value > 0):
-                _fail(f'{key}.{name}', f'must be a finite number > 0, got {value}.')
-        try:
-            parse_warmup(lr_cfg.warmup)
+        try:  # the algorithm's own checks, each error mapped to its key
+            LossReweighting(strategy=lr_cfg.strategy, r=lr_cfg.r, delta=lr_cfg.delta, warmup=lr_cfg.warmup)
         except ValueError as e:
-            _fail(f'{key}.warmup', str(e))
+            field = next((f for f in ('warmup', 'delta', 'r') if str(e).startswith(f'{f} ')), 'strategy')
+            _fail(f'{key}.{field}', str(e))
         if lr_cfg.r_schedule is not None:
             if lr_cfg.r_schedule.name not in R_SCHEDULES:
                 _fail(f'{key}.r_schedule.name', f'{lr_cfg.r_schedule.name!r} is not one of {", ".join(R_SCHEDULES)}.')
@@ -380,11 +373,11 @@ def _validate(cfg: Any) -> None:
         _fail('device', f'{cfg.device!r} is not one of {", ".join(DEVICES)}.')
     if cfg.run_dir is not None:
         validate_uri('run_dir', cfg.run_dir)
-        if '://' in cfg.run_dir:
+        if is_remote(cfg.run_dir):
             _fail('run_dir', 'must be a local folder; put object-store URIs in save_folder.')
     if cfg.save_folder is not None:
         validate_uri('save_folder', cfg.save_folder)
-        scheme = cfg.save_folder.split('://', 1)[0] if '://' in cfg.save_folder else None
+        scheme = urllib.parse.urlparse(cfg.save_folder).scheme if is_remote(cfg.save_folder) else None
         if scheme is not None and scheme not in UPLOAD_SCHEMES:
             _fail('save_folder', f'checkpoints go to a local folder or {", ".join(s + "://" for s in UPLOAD_SCHEMES)}, '
                   f'not {scheme}://.')
@@ -395,11 +388,11 @@ def _validate(cfg: Any) -> None:
         _fail('object_store_outage_s', f'must be > 0, got {cfg.object_store_outage_s}.')
     if cfg.load_path is not None:
         validate_uri('load_path', cfg.load_path)
-        if '://' not in cfg.load_path and not Path(cfg.load_path).exists():
+        if not is_remote(cfg.load_path) and not Path(cfg.load_path).exists():
             _fail('load_path', f'{cfg.load_path!r} does not exist.')
     if cfg.history.folder is not None:
         validate_uri('history.folder', cfg.history.folder)
-        if '://' in cfg.history.folder:
+        if is_remote(cfg.history.folder):
             _fail('history.folder', 'must be a local folder; parts are uploaded next to a remote save_folder.')
     _check_time('history.flush_interval', cfg.history.flush_interval, (TimeUnit.BATCH,))
     if cfg.dist_timeout <= 0:

@@ -35,6 +35,7 @@ from reweigh.cli.builders import (
 from reweigh.cli.config import ConfigError
 from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
 from reweigh.cli.resume import set_aside_interrupted_checkpoints
+from reweigh.pipeline.storage import is_remote
 from reweigh.safety import safe_checkpoint_loading
 
 __all__ = ['main', 'train']
@@ -97,13 +98,13 @@ def train(cfg: Any) -> dict[str, Any]:
         if not any(isinstance(a, LossReweighting) for a in algorithms):
             algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
         history_folder = cfg.history.folder or str(run_dir / 'history')
-        upload = _history_next_to(save_folder) if '://' in save_folder else None
+        upload = _history_next_to(save_folder) if is_remote(save_folder) else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload,
                                      outage_limit_s=cfg.object_store_outage_s))
 
     # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
     progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
-    remote_folder = format_name_with_dist(save_folder, cfg.run_name) if '://' in save_folder else None
+    remote_folder = format_name_with_dist(save_folder, cfg.run_name) if is_remote(save_folder) else None
     # A remote save_folder: Composer saves locally and MirrorCheckpoints uploads, riding out outages.
     local_folder = str(run_dir / 'checkpoints') if remote_folder else save_folder
     if cfg.autoresume:

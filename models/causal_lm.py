@@ -117,9 +117,10 @@ class ReweighCausalLM(HuggingFaceModel):
         eval_metrics (Sequence[Metric], optional): Evaluation metrics. Default:
             :class:`~reweigh.models.metrics.LanguageCrossEntropy` and
             :class:`~reweigh.models.metrics.LanguagePerplexity`.
-        loss_impl (str): ``'auto'`` (``'cce'`` on CUDA when cut-cross-entropy is installed, else
-            ``'chunked'``; ``'materialized'`` for a model outside the fused allow-list), ``'chunked'``,
-            ``'cce'``, or ``'materialized'`` (full logits, then cross-entropy). Default: ``'auto'``.
+        loss_impl (str): ``'auto'`` (per batch: ``'cce'`` on CUDA when cut-cross-entropy is installed; else
+            ``'materialized'`` when the batch's logits fit in one chunk, ``'chunked'`` beyond; a model outside
+            the fused allow-list always gets ``'materialized'``), ``'chunked'``, ``'cce'``, or
+            ``'materialized'`` (full logits, then cross-entropy). Default: ``'auto'``.
         chunk_size (int, optional): Tokens per chunk for ``'chunked'``. Default: 256 MiB of fp32 logits.
 
     Raises:
@@ -183,7 +184,7 @@ class ReweighCausalLM(HuggingFaceModel):
         resolve_loss_impl(head.impl, batch['input_ids'].device)  # a clear error before the forward pass
         head.targets = shift_labels(batch['labels'])
         try:
-            outputs = self.model(**inputs, use_cache=False, return_dict=True)
+            outputs = self.model(**inputs, return_dict=True)
         finally:
             head.targets = None
         return {TOKEN_LOSS_KEY: outputs.logits}

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 __all__ = ['LOSS_IMPLS', 'cce_available', 'linear_cross_entropy', 'resolve_loss_impl']
 
 LOSS_IMPLS = ('auto', 'chunked', 'materialized', 'cce')
-"""Values of ``loss_impl``: ``auto`` picks ``cce`` on CUDA when it is installed, else ``chunked``."""
+"""Values of ``loss_impl``; ``auto`` picks one per call (see :func:`resolve_loss_impl`)."""
 
 _CHUNK_ELEMENTS = 1 << 26
 """Default logits per chunk: 64 Mi elements, 256 MiB in fp32 (512 tokens at a 128k vocabulary)."""
@@ -42,8 +42,12 @@ def cce_available() -> bool:
     return True
 
 
-def resolve_loss_impl(impl: str, device: torch.device) -> str:
-    """The backend ``impl`` stands for on ``device``: ``auto`` becomes ``cce`` or ``chunked``.
+def resolve_loss_impl(impl: str, device: torch.device, logits: int | None = None, chunk: int = _CHUNK_ELEMENTS) -> str:
+    """The backend ``impl`` stands for on ``device``.
+
+    ``auto`` becomes ``cce`` on CUDA where it is installed. Elsewhere it becomes ``materialized`` when the
+    ``logits`` (a number of elements) fit in one ``chunk`` anyway, since chunking would then save no
+    memory and cost a fourth head matmul, and ``chunked`` beyond that.
 
     Raises:
         ValueError: For an unknown name, or ``cce`` where it cannot run (no CUDA, not installed).
@@ -51,13 +55,17 @@ def resolve_loss_impl(impl: str, device: torch.device) -> str:
     Example:
         >>> import torch
         >>> from reweigh.models.linear_ce import resolve_loss_impl
-        >>> resolve_loss_impl('auto', torch.device('cpu'))
+        >>> resolve_loss_impl('auto', torch.device('cpu'), logits=4096 * 128256)
         'chunked'
+        >>> resolve_loss_impl('auto', torch.device('cpu'), logits=1024 * 4096)
+        'materialized'
     """
     if impl not in LOSS_IMPLS:
         raise ValueError(f'loss_impl must be one of {", ".join(LOSS_IMPLS)}; got {impl!r}.')
     if impl == 'auto':
-        return 'cce' if device.type == 'cuda' and cce_available() else 'chunked'
+        if device.type == 'cuda' and cce_available():
+            return 'cce'
+        return 'materialized' if logits is not None and logits <= chunk else 'chunked'
     if impl == 'cce':
         if device.type != 'cuda':
             raise ValueError(f"loss_impl 'cce' needs a CUDA device; the model is on {device.type}. Use 'chunked'.")
@@ -298,4 +306,7 @@ def linear_cross_entropy(
         )
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
-    return _BACKENDS[resolve_loss_impl(impl, hidden.device)](hidden, weight, bias, targets, ignore_index, chunk_size)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    chunk = _CHUNK_ELEMENTS if chunk_size is None else chunk_size * vocab
+    backend = _BACKENDS[resolve_loss_impl(impl, hidden.device, logits=n * vocab, chunk=chunk)]
+    return backend(hidden, weight, bias, targets, ignore_index, chunk_size)

@@ -81,7 +81,9 @@ def bench_analyze(folder: Path, out: Path) -> tuple[float, float, str]:
             'print(f"peak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}"); sys.exit(rc)')
     start = time.perf_counter()
     done = subprocess.run([sys.executable, '-c', code, 'analyze', str(folder), '--out', str(out)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f'reweigh analyze failed:\n{done.stderr}')
     wall = time.perf_counter() - start
     peak = int(done.stdout.rsplit('peak_rss_kib=', 1)[1]) / 2**20
     return wall, peak, done.stdout.split('peak_rss_kib=')[0].strip()

@@ -175,7 +175,7 @@ def _rss_mib(field: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=('cpu', 'gpu'), default='gpu' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS))
+    parser.add_argument('--arms', nargs='+', choices=ARMS, help='default: all (without cce where CUDA is absent)')
     parser.add_argument('--steps', type=int, default=10, help='timed steps per arm per round')
     parser.add_argument('--rounds', type=int, default=18, help='interleaved rounds (arm order shuffled each)')
     parser.add_argument('--warmup-steps', type=int, default=5, help='untimed steps per arm before round 1')
@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument('--cpu-memory', action='store_true', help='also measure each arm\'s peak RSS in its own process')
     parser.add_argument('--peak-rss-of', choices=ARMS, help=argparse.SUPPRESS)  # the child of --cpu-memory
     args = parser.parse_args()
+    if args.arms is None:
+        args.arms = [arm for arm in ARMS if arm != 'cce' or args.device == 'gpu']
 
     if args.peak_rss_of:
         trainer, _ = build_arm(args.peak_rss_of, args, 'cpu')

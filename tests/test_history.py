@@ -145,7 +145,8 @@ def test_batches_without_ids_are_recorded_with_minus_one(tmp_path):
 
 @pytest.mark.parametrize(
     ('kwargs', 'match'),
-    [({'flush_interval': '0ba'}, 'positive number of batches'), ({'flush_interval': '2ep'}, 'positive number'),
+    [({'flush_interval': '0ba'}, 'positive number of batches'),
+     ({'flush_interval': '2ep'}, "flush_interval unit 'ep' not allowed here; use one of ba"),
      ({'max_queued_chunks': 0}, 'max_queued_chunks must be > 0')],
 )
 def test_bad_arguments(kwargs, match):

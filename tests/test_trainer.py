@@ -205,7 +205,7 @@ def test_load_state_dict_restores_counters_and_warns_on_changed_settings():
         ({'delta': 0.0}, 'delta must be a finite number > 0, got 0.0'),
         ({'warmup': 'soon'}, "warmup must be a Composer time string.*got 'soon'"),
         ({'warmup': '-5ba'}, 'warmup must be >= 0'),
-        ({'warmup': '5iter'}, "warmup unit 'iter' is not supported"),
+        ({'warmup': '5iter'}, "warmup unit 'iter' not allowed here"),
         ({'warmup': 1.5}, 'warmup must be a Composer time string.*got 1.5'),
         ({'r_schedule': 3}, 'r_schedule must be callable'),
     ],

@@ -30,8 +30,7 @@ sample of about this many rows (exact quantiles hold every value in memory)."""
 
 class _Parts(NamedTuple):
     files: list[str]
-    filesystem: object
-    local: bool
+    filesystem: pafs.FileSystem
 
 
 def _find_parts(path: str | os.PathLike) -> _Parts:
@@ -39,7 +38,7 @@ def _find_parts(path: str | os.PathLike) -> _Parts:
     files = [p.path for p in list_parts(root, filesystem, recursive=True)]
     if not files:
         raise FileNotFoundError(f'no loss-history part files under {str(path)!r}.')
-    return _Parts(files, filesystem, isinstance(filesystem, pafs.LocalFileSystem))
+    return _Parts(files, filesystem)
 
 
 def _readable(parts: _Parts) -> _Parts:
@@ -168,7 +167,7 @@ def _materialize(con) -> None:
 
 
 def _register(con, parts: _Parts) -> None:
-    if parts.local:
+    if isinstance(parts.filesystem, pafs.LocalFileSystem):  # DuckDB reads local files natively
         con.read_parquet(parts.files).create_view('history', replace=True)
     else:
         dataset = pads.dataset(parts.files, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem)

@@ -63,14 +63,15 @@ class _LossHead(nn.Linear):
         return loss.view(targets.shape)
 
 
-def _fused_head(model: transformers.PreTrainedModel, loss_impl: str, chunk_size: int | None) -> _LossHead | None:
+def _install_loss_head(model: transformers.PreTrainedModel, loss_impl: str, chunk_size: int | None) -> None:
+    """Put a :class:`_LossHead` in place of ``model``'s ``lm_head`` unless ``loss_impl`` or the model rules it out."""
     head = model.get_output_embeddings()
     if isinstance(head, _LossHead):  # the model was wrapped before: start again from a plain head
         head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device='meta')
         head.weight, head.bias = model.get_output_embeddings().weight, model.get_output_embeddings().bias
         model.set_output_embeddings(head)
     if loss_impl == 'materialized':
-        return None
+        return
     supported = type(model).__name__ in _FUSED_MODELS and type(head) is nn.Linear
     if not supported:
         if loss_impl != 'auto':
@@ -79,10 +80,8 @@ def _fused_head(model: transformers.PreTrainedModel, loss_impl: str, chunk_size:
                 f'({", ".join(sorted(_FUSED_MODELS))}); {type(model).__name__} is not one. Use loss_impl="materialized".',
             )
         log.info('ReweighCausalLM: %s is not known to the fused loss; using materialized logits.', type(model).__name__)
-        return None
-    fused = _LossHead(head, loss_impl, chunk_size)
-    model.set_output_embeddings(fused)
-    return fused
+        return
+    model.set_output_embeddings(_LossHead(head, loss_impl, chunk_size))
 
 
 def _set_fsdp_policies(model: transformers.PreTrainedModel) -> None:
@@ -153,7 +152,7 @@ class ReweighCausalLM(HuggingFaceModel):
             raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
         if eval_metrics is None:
             eval_metrics = [LanguageCrossEntropy(), LanguagePerplexity()]
-        _fused_head(model, loss_impl, chunk_size)
+        _install_loss_head(model, loss_impl, chunk_size)
         _set_fsdp_policies(model)
         super().__init__(
             model,

@@ -17,6 +17,7 @@ Backends (see :data:`LOSS_IMPLS`):
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -33,8 +34,12 @@ _CHUNK_ELEMENTS = 1 << 26
 """Default logits per chunk: 64 Mi elements, 256 MiB in fp32 (512 tokens at a 128k vocabulary)."""
 
 
+@functools.cache
 def cce_available() -> bool:
-    """Whether the optional cut-cross-entropy package can be imported (it needs Triton)."""
+    """Whether the optional cut-cross-entropy package can be imported (it needs Triton).
+
+    Cached: ``auto`` asks on every CUDA forward, and a failed import is searched for again each time.
+    """
     try:
         import cut_cross_entropy  # noqa: F401
     except ImportError:

@@ -88,7 +88,12 @@ def test_per_sample_table_can_go_to_a_file_and_the_data_map_is_a_sample(tmp_path
     samples = pq.read_table(tmp_path / 'samples.parquet')
     assert samples.num_rows == 48 and samples['sample_id'].to_pylist() == sorted(samples['sample_id'].to_pylist())
     again = analyze_history(tmp_path / 'history', samples_to=tmp_path / 'again.parquet', map_points=10)
-    assert again.data_map.equals(analysis.data_map)  # seeded
+    # the same samples every run; their averages may differ in the last bits (DuckDB sums in parallel)
+    assert again.data_map['sample_id'].equals(analysis.data_map['sample_id'])
+    for column in ('visits', 'domain'):
+        assert again.data_map[column].equals(analysis.data_map[column])
+    for column in ('mean_loss', 'loss_std', 'mean_rel_weight'):
+        assert np.allclose(again.data_map[column].to_numpy(), analysis.data_map[column].to_numpy(), rtol=1e-12)
 
 
 def test_truncated_part_is_skipped_with_a_warning(tmp_path):

@@ -95,8 +95,9 @@ class LossReweighting(Algorithm):
 
     Logged each batch (under ``loss_reweighting/``): ``r``, ``active`` (1 once reweighting is on),
     ``weight_entropy``, ``ess`` (effective sample size ``1/sum w^2`` over the batch size),
-    ``weight_min``, ``weight_max`` and ``nonfinite_losses``, averaged (min/max/summed) over
-    microbatches. On CUDA they reach the logger one step late so the loop never waits for the device.
+    ``weight_min``, ``weight_max``, ``nonfinite_losses`` and ``mean_loss`` (the plain mean of the
+    per-sample losses, what uniform training reports), averaged (min/max/summed) over microbatches.
+    On CUDA they reach the logger one step late so the loop never waits for the device.
     After each microbatch, :attr:`last_microbatch` holds the losses and weights this rank used (read
     by :class:`~reweigh.callbacks.LossHistory`).
 
@@ -289,6 +290,7 @@ class LossReweighting(Algorithm):
             f'{_METRIC_PREFIX}/weight_min': stats.min.amin(),
             f'{_METRIC_PREFIX}/weight_max': stats.max.amax(),
             f'{_METRIC_PREFIX}/nonfinite_losses': nonfinite,
+            f'{_METRIC_PREFIX}/mean_loss': stats.mean_loss.mean(),
         }
         extra = {f'{_METRIC_PREFIX}/r': self._batch_r, f'{_METRIC_PREFIX}/active': float(self._batch_active)}
         self._metrics.push(int(state.timestamp.batch.value) - 1, tensors, extra, logger)

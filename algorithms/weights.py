@@ -160,10 +160,12 @@ class WeightStats(NamedTuple):
     """Largest weight."""
     nonfinite: torch.Tensor
     """Number of samples whose loss was NaN or inf."""
+    mean_loss: torch.Tensor
+    """Plain (unweighted) mean of the finite losses: the loss uniform training would report."""
 
 
 def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor | None = None) -> WeightStats:
-    """Entropy, effective sample size, extremes and non-finite count of a weight vector.
+    """Entropy, effective sample size, extremes and non-finite count of a weight vector, and the plain mean loss.
 
     Args:
         weights (torch.Tensor): 1-D weights summing to 1.
@@ -190,4 +192,5 @@ def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tenso
     w_min = torch.where(finite, w, math.inf).amin()
     w_max = torch.where(valid, w, -math.inf).amax()
     nonfinite = (valid & ~finite).sum().float()
-    return WeightStats(entropy, ess, w_min, w_max, nonfinite)
+    mean_loss = torch.where(finite, losses.float(), 0.0).sum() / finite.sum().clamp(min=1)
+    return WeightStats(entropy, ess, w_min, w_max, nonfinite, mean_loss)

@@ -1,7 +1,8 @@
-"""Loss-history analysis as a library: the history format, DuckDB aggregations and the report.
+"""Analysis as a library: the loss history (format, DuckDB aggregations, report) and run comparison.
 
 It needs neither torch nor Composer nor Streaming, so a notebook or a CPU box can analyse a run's history
-(local or on an object store) without the training stack. ``reweigh analyze`` is a thin CLI over it.
+and compare runs (local or on an object store) without the training stack. ``reweigh analyze`` and
+``reweigh compare`` are thin CLIs over it.
 
 Example:
     >>> import pyarrow as pa
@@ -16,24 +17,33 @@ Example:
 import importlib
 from typing import Any
 
+from reweigh.analysis.compare import Comparison, compare_runs
 from reweigh.analysis.format import HISTORY_SCHEMA, list_parts, truncate_history
+from reweigh.analysis.runs import Run, load_run
 from reweigh.analysis.tables import Analysis, analyze_history, load_history, most_deprioritised_domain
 
 __all__ = [
     'HISTORY_SCHEMA',
     'Analysis',
+    'Comparison',
+    'Run',
     'analyze_history',
+    'compare_runs',
     'list_parts',
     'load_history',
+    'load_run',
     'most_deprioritised_domain',
     'truncate_history',
+    'write_comparison',
     'write_report',
 ]
 
+_LAZY = {'write_report': 'reweigh.analysis.report', 'write_comparison': 'reweigh.analysis.compare_report'}
+
 
 def __getattr__(name: str) -> Any:
-    if name == 'write_report':  # imported on first use: it brings matplotlib
-        value = importlib.import_module('reweigh.analysis.report').write_report
+    if name in _LAZY:  # imported on first use: they bring matplotlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

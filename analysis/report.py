@@ -5,45 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib
+import pyarrow as pa
+import pyarrow.compute as pc
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.csv as pacsv  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from reweigh.analysis.tables import Analysis, most_deprioritised_domain  # noqa: E402
+from reweigh.analysis.render import markdown_table, plt, save_figure, save_table
+from reweigh.analysis.tables import Analysis, most_deprioritised_domain
 
 __all__ = ['write_report']
 
 
 def _name(domain_names: Sequence[str], d: int) -> str:
     return domain_names[d] if 0 <= d < len(domain_names) else f'domain {d}'
-
-
-def _save_table(table: pa.Table, out: Path, stem: str) -> None:
-    pq.write_table(table, out / f'{stem}.parquet', compression='zstd')
-    pacsv.write_csv(table, out / f'{stem}.csv')
-
-
-def _markdown_table(table: pa.Table, columns: Sequence[str], formats: dict[str, str] | None = None) -> str:
-    formats = formats or {}
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    for row in table.select(list(columns)).to_pylist():
-        cells = []
-        for c in columns:
-            v = row[c]
-            cells.append('-' if v is None else (format(v, formats[c]) if c in formats else str(v)))
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
@@ -61,7 +33,7 @@ def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
     ax_w.set(title='mean weight relative to uniform', xlabel='step (window start)', ylabel='weight x batch size')
     ax_l.set(title='mean per-sample loss', xlabel='step (window start)', ylabel='loss (nats/token)')
     ax_w.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_quantiles(analysis: Analysis, path: Path) -> None:
@@ -73,7 +45,7 @@ def _plot_quantiles(analysis: Analysis, path: Path) -> None:
     ax.axhline(1.0, color='black', lw=0.5)
     ax.set(title='distribution of relative weights per step window', xlabel='step (window start)', ylabel='weight x batch size')
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_data_map(analysis: Analysis, path: Path) -> None:
@@ -84,7 +56,7 @@ def _plot_data_map(analysis: Analysis, path: Path) -> None:
     fig.colorbar(sc, ax=ax, label='mean relative weight (reweighted steps)')
     sampled = '' if analysis.samples is not None and analysis.samples.num_rows == len(color) else f' ({len(color):,} sampled)'
     ax.set(title=f'data map: one dot per sample{sampled}', xlabel='loss std across visits', ylabel='mean loss')
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(
@@ -122,11 +94,11 @@ def write_report(
     summary = analysis.summary.append_column(
         'domain_name', pa.array([_name(domain_names, d) for d in analysis.summary['domain'].to_pylist()]),
     )
-    _save_table(summary, out, 'domain_summary')
-    _save_table(analysis.domain_over_time, out, 'domain_over_time')
-    _save_table(analysis.weight_quantiles, out, 'weight_quantiles')
+    save_table(summary, out, 'domain_summary')
+    save_table(analysis.domain_over_time, out, 'domain_over_time')
+    save_table(analysis.weight_quantiles, out, 'weight_quantiles')
     if analysis.samples is not None:  # else analyze_history wrote samples.parquet itself
-        _save_table(analysis.samples, out, 'samples')
+        save_table(analysis.samples, out, 'samples')
     _plot_domains(analysis, domain_names, out / 'domains_over_time.png')
     _plot_quantiles(analysis, out / 'weight_distribution.png')
     _plot_data_map(analysis, out / 'data_map.png')
@@ -147,7 +119,7 @@ def write_report(
             'weight_share': '.3f', 'row_share': '.3f'}
     if analysis.first_active_step is not None:
         cols += ['mean_loss_reweighted', 'mean_rel_weight', 'weight_share', 'row_share']
-    lines += ['', '## Domains', '', _markdown_table(summary, cols, fmts), '',
+    lines += ['', '## Domains', '', markdown_table(summary, cols, fmts), '',
               '![per-domain weight and loss](domains_over_time.png)', '',
               '## Weight distribution', '', '![weights per window](weight_distribution.png)', '',
               '## Data map', '', 'Each sample\'s mean loss against its loss variability across visits, coloured '
@@ -161,7 +133,7 @@ def write_report(
         snippets = [' '.join(t.split())[:100].replace('|', '\\|') for t in texts]
         table = table.append_column('domain_name', pa.array([_name(domain_names, d) for d in table['domain'].to_pylist()]))
         table = table.append_column('text', pa.array(snippets))
-        lines += ['', f'## {heading}', '', _markdown_table(
+        lines += ['', f'## {heading}', '', markdown_table(
             table, ['sample_id', 'domain_name', 'visits', 'mean_loss', 'mean_rel_weight', 'text'],
             {'mean_loss': '.3f', 'mean_rel_weight': '.3f'},
         )]

@@ -1,14 +1,16 @@
-"""Composer callbacks: the per-sample loss history, and exact RNG state on resumption.
+"""Composer callbacks: the per-sample loss history, metrics over time in a file, and exact RNG state on resumption.
 
 Example:
     >>> from reweigh.algorithms import LossReweighting
-    >>> from reweigh.callbacks import LossHistory, RestoreRngOnResume
+    >>> from reweigh.callbacks import LossHistory, MetricsLog, RestoreRngOnResume
     >>> callbacks = [LossHistory(folder='runs/{run_name}/history'), RestoreRngOnResume()]
+    >>> loggers = [MetricsLog('runs/{run_name}/metrics.jsonl')]
     >>> algorithms = [LossReweighting('linupper', warmup='100ba')]
-    >>> # composer.Trainer(..., algorithms=algorithms, callbacks=callbacks)
+    >>> # composer.Trainer(..., algorithms=algorithms, callbacks=callbacks, loggers=loggers)
 """
 
 from reweigh.callbacks.history import LossHistory
+from reweigh.callbacks.metrics_log import MetricsLog
 from reweigh.callbacks.rng import RestoreRngOnResume
 
-__all__ = ['LossHistory', 'RestoreRngOnResume']
+__all__ = ['LossHistory', 'MetricsLog', 'RestoreRngOnResume']

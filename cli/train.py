@@ -20,9 +20,11 @@ import torch
 from composer import Trainer
 from composer.core import Evaluator
 from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
+from omegaconf import OmegaConf
 
 from reweigh.algorithms import LossReweighting
-from reweigh.callbacks import LossHistory, RestoreRngOnResume
+from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE
+from reweigh.callbacks import LossHistory, MetricsLog, RestoreRngOnResume
 from reweigh.cli import data, train_cmd
 from reweigh.cli.builders import (
     build_algorithms,
@@ -36,6 +38,7 @@ from reweigh.cli.config import ConfigError
 from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
 from reweigh.cli.resume import set_aside_interrupted_checkpoints
 from reweigh.pipeline.storage import is_remote
+from reweigh.pipeline.uploads import DurableUploader
 from reweigh.safety import safe_checkpoint_loading
 
 __all__ = ['main', 'train']
@@ -77,6 +80,16 @@ def train(cfg: Any) -> dict[str, Any]:
     # its own, and several in a row can deadlock the ranks' rendezvous.
     dist.initialize_dist(device, cfg.dist_timeout)
     reproducibility.seed_all(cfg.seed)
+    # A remote save_folder makes a remote run folder beside it: history, metrics, config and summary go there.
+    remote_folder = format_name_with_dist(save_folder, cfg.run_name) if is_remote(save_folder) else None
+    remote_run = _run_folder_of(remote_folder) if remote_folder else None
+    run_files = None
+    if dist.get_global_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        if remote_run:
+            run_files = DurableUploader(remote_run, cfg.object_store_outage_s, name='run files')
+            run_files.put(run_dir / CONFIG_FILE, CONFIG_FILE)
 
     dataset = data.prepare_if_needed(cfg)
     tokenizer = data.load_tokenizer(cfg, dataset)
@@ -97,14 +110,14 @@ def train(cfg: Any) -> dict[str, Any]:
     if cfg.history.enabled:
         if not any(isinstance(a, LossReweighting) for a in algorithms):
             algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
-        history_folder = cfg.history.folder or str(run_dir / 'history')
-        upload = _history_next_to(save_folder) if is_remote(save_folder) else None
+        history_folder = cfg.history.folder or str(run_dir / HISTORY_FOLDER)
+        upload = f'{remote_run}/{HISTORY_FOLDER}' if remote_run else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload,
                                      outage_limit_s=cfg.object_store_outage_s))
+    metrics_log = MetricsLog(str(run_dir / METRICS_FILE), upload_to=remote_run, outage_limit_s=cfg.object_store_outage_s)
 
     # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
     progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
-    remote_folder = format_name_with_dist(save_folder, cfg.run_name) if is_remote(save_folder) else None
     # A remote save_folder: Composer saves locally and MirrorCheckpoints uploads, riding out outages.
     local_folder = str(run_dir / 'checkpoints') if remote_folder else save_folder
     if cfg.autoresume:
@@ -134,7 +147,7 @@ def train(cfg: Any) -> dict[str, Any]:
             schedulers=build_scheduler(cfg),
             algorithms=algorithms,
             callbacks=callbacks,
-            loggers=build_loggers(cfg),
+            loggers=[*build_loggers(cfg), metrics_log],
             precision=cfg.precision,
             device=device,
             device_train_microbatch_size=micro if micro is not None else device_batch,
@@ -152,14 +165,14 @@ def train(cfg: Any) -> dict[str, Any]:
             parallelism_config=parallelism,
             dist_timeout=cfg.dist_timeout,
         )
-        summary_file = run_dir / 'summary.json'
+        summary_file = run_dir / SUMMARY_FILE
         try:
             if trainer.state.timestamp >= trainer.state.max_duration:
                 print(f'reweigh train: {cfg.run_name} already trained for {cfg.max_duration}; nothing to do.')
                 # An earlier attempt may have finished training while the object store was down: upload
                 # what the bucket lacks (the callbacks do that at the start of a fit, and on close).
-                for callback in callbacks:
-                    if isinstance(callback, (MirrorCheckpoints, LossHistory)) and remote_folder:
+                for callback in [*callbacks, metrics_log]:
+                    if isinstance(callback, (MirrorCheckpoints, LossHistory, MetricsLog)) and remote_folder:
                         callback.fit_start(trainer.state, trainer.logger)
                 metrics = json.loads(summary_file.read_text())['eval'] if summary_file.is_file() else {}
             else:
@@ -171,7 +184,7 @@ def train(cfg: Any) -> dict[str, Any]:
                 }
         finally:
             trainer.close()
-    for callback in callbacks:  # an upload that gave up while closing (Composer swallows errors there)
+    for callback in [*callbacks, metrics_log]:  # an upload that gave up while closing (Composer swallows errors there)
         if getattr(callback, 'upload_error', None) is not None:
             raise callback.upload_error
     summary = {
@@ -185,16 +198,24 @@ def train(cfg: Any) -> dict[str, Any]:
         'eval': metrics,
     }
     if dist.get_global_rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        summary_file.write_text(json.dumps(summary, indent=2))
+        _write_atomically(summary_file, json.dumps(summary, indent=2))
+        if run_files is not None:
+            run_files.put(summary_file, SUMMARY_FILE)
+            run_files.close()
     return summary
 
 
-def _history_next_to(save_folder: str) -> str:
-    """``s3://b/runs/x/checkpoints`` -> ``s3://b/runs/x/history``: where history parts are uploaded."""
+def _run_folder_of(save_folder: str) -> str:
+    """``s3://b/runs/x/checkpoints`` -> ``s3://b/runs/x``: the remote run folder beside a remote ``save_folder``."""
     backend, bucket, path = parse_uri(save_folder)
     parent = path.strip('/').rsplit('/', 1)[0] if '/' in path.strip('/') else ''
-    return f'{backend}://{bucket}/' + (f'{parent}/history' if parent else 'history')
+    return f'{backend}://{bucket}' + (f'/{parent}' if parent else '')
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from s3_emulator import free_port
 
+from reweigh.analysis.runs import METRICS_FILE, load_run, parse_metrics
 from reweigh.cli.main import main
 
 TINY_CPU = Path(__file__).resolve().parents[1] / 'yamls' / 'tiny-cpu.yaml'
@@ -66,6 +67,10 @@ def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, c
     assert table.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0] * 6, abs=1e-6)
     assert set(table.domain) <= set(range(len(domains)))
 
+    run = load_run(run_dir)  # the metrics over time, and the config that made them
+    assert sorted(set(run.eval['step'].to_pylist())) == [3, 6] and set(run.eval['domain'].to_pylist()) == set(domains)
+    assert run.train['step'].to_pylist() == [1, 2, 3, 4, 5, 6] and run.config['max_duration'] == '6ba'
+
     assert main(['analyze', str(run_dir)]) == 0
     report = (run_dir / 'analysis' / 'report.md').read_text()
     assert 'Most deprioritised domain:' in report and all(d in report for d in domains)
@@ -102,7 +107,7 @@ def _final_state(run_dir):
 def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, tmp_path):
     data_root, _ = small_dataset
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    common = dict(max_duration='30ba', save_interval='5ba', eval_interval='30ba')
+    common = dict(max_duration='30ba', save_interval='5ba', eval_interval='3ba')
 
     straight_dir = tmp_path / 'straight'
     straight = _train_process(_overrides(data_root, straight_dir, run_name='straight', **common), env)
@@ -131,6 +136,15 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dat
     assert history.sample_id.tolist() == straight_history.sample_id.tolist()
     for column in ('loss', 'weight'):
         assert history[column].to_numpy() == pytest.approx(straight_history[column].to_numpy(), rel=1e-5, abs=1e-7)
+
+    # metrics.jsonl: every step and every evaluation once (those past the checkpoint were dropped and redone)
+    raw = parse_metrics((run_dir / METRICS_FILE).read_text())
+    assert [r['step'] for r in raw if r['kind'] == 'train'] == list(range(1, 31))
+    evals = [(r['step'], r['domain']) for r in raw if r['kind'] == 'eval']
+    assert sorted(evals) == sorted({(s, d) for s in range(3, 31, 3) for d in ('code', 'docs', 'boilerplate')})
+    straight_run, run = load_run(straight_dir), load_run(run_dir)
+    assert run.eval['loss'].to_pylist() == pytest.approx(straight_run.eval['loss'].to_pylist(), rel=1e-5)
+    assert run.train['loss'].to_pylist() == pytest.approx(straight_run.train['loss'].to_pylist(), rel=1e-5)
 
 
 def test_interrupted_checkpoint_save_is_set_aside_and_the_run_resumes(small_dataset, streaming_shm, tmp_path, capsys):
@@ -222,6 +236,7 @@ def test_remote_save_folder_gets_checkpoints_and_history_parts(small_dataset, st
     keys = sorted(o['Key'] for o in boto3.client('s3', endpoint_url=s3_env).list_objects_v2(
         Bucket='reweigh', Prefix='runs/remote/')['Contents'])
     assert 'runs/remote/checkpoints/ep0-ba4-rank0.pt' in keys
+    assert {'runs/remote/metrics.jsonl', 'runs/remote/config.yaml', 'runs/remote/summary.json'} <= set(keys)
     assert [k for k in keys if '/history/' in k] == [
         'runs/remote/history/rank0/part-000000000-000000001.parquet',
         'runs/remote/history/rank0/part-000000002-000000003.parquet',
@@ -229,3 +244,5 @@ def test_remote_save_folder_gets_checkpoints_and_history_parts(small_dataset, st
     capsys.readouterr()
     assert main(['analyze', 's3://reweigh/runs/remote', '--out', str(tmp_path / 'report')]) == 0
     assert '32 rows over 4 steps' in (tmp_path / 'report' / 'report.md').read_text()
+    assert main(['compare', 's3://reweigh/runs/remote', '--out', str(tmp_path / 'compare')]) == 0
+    assert 'reweigh compare: 1 run in 1 arm (linupper); baseline linupper' in capsys.readouterr().out

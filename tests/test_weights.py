@@ -188,3 +188,4 @@ def test_weight_stats():
     assert float(s.entropy) == pytest.approx(math.log(2))
     assert float(s.min) == 0.5 and float(s.max) == 0.5  # min over finite real samples
     assert float(s.nonfinite) == 1.0
+    assert float(s.mean_loss) == 1.5  # the finite losses of real samples only

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from composer.core import State
+from composer.core import Event, State, Time
 from composer.loggers import Logger, LoggerDestination
-from composer.utils import dist
+from composer.utils import create_interval_scheduler, dist
 
-from reweigh.analysis.runs import EVAL_METRICS, METRICS_FILE, eval_domain, metrics_line, read_text, truncate_metrics
+from reweigh.analysis.runs import EVAL_METRICS, METRICS_FILE, eval_domain, metrics_line, parse_metrics, truncate_metrics
 from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
 
 __all__ = ['MetricsLog']
@@ -37,9 +37,12 @@ class MetricsLog(LoggerDestination):
     Args:
         path (str): The file; ``{run_name}`` is replaced by the run's name.
         upload_to (str, optional): An object-store folder (``s3://bucket/runs/{run_name}``); the file is
-            uploaded there after each evaluation and at the end, in the background, riding out outages
-            (:class:`~reweigh.pipeline.uploads.DurableUploader`). A run resuming on a machine without the
-            local file starts from the uploaded one.
+            uploaded there after each evaluation, each checkpoint and at the end, in the background, riding
+            out outages (:class:`~reweigh.pipeline.uploads.DurableUploader`). A run resuming on a machine
+            without the local file starts from the uploaded one.
+        save_interval (str | Time, optional): The Trainer's ``save_interval``, so that the file is uploaded
+            with every checkpoint (a run resuming from the bucket then finds the metrics up to its
+            checkpoint). Default: upload after evaluations and at the end only.
         outage_limit_s (float): How long an upload may keep failing before training stops with an error
             (kept in :attr:`upload_error` when it happens while closing). Default: 600.
 
@@ -50,9 +53,11 @@ class MetricsLog(LoggerDestination):
         >>> # Trainer(..., loggers=[metrics_log]); then reweigh.analysis.runs.load_run(folder).eval
     """
 
-    def __init__(self, path: str, upload_to: str | None = None, outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S) -> None:
+    def __init__(self, path: str, upload_to: str | None = None, outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
+                 save_interval: str | Time | None = None) -> None:
         self.path_template = path
         self.upload_to = upload_to
+        self._at_checkpoint = None if save_interval is None else create_interval_scheduler(save_interval)
         self.outage_limit_s = outage_limit_s
         self.upload_error: RemoteStoreError | None = None
         self.path: Path | None = None
@@ -75,9 +80,14 @@ class MetricsLog(LoggerDestination):
             self._uploader = DurableUploader(remote, self.outage_limit_s, name='metrics',
                                              staging_dir=str(self.path.parent / '.uploads'))
             if not self.path.exists():  # resuming where the earlier attempt ran: start from its upload
-                text = read_text(f'{remote.rstrip("/")}/{METRICS_FILE}', missing_ok=True)
-                if text:
-                    self.path.write_text(text)
+                store, name = self._uploader.store, self._uploader.object_name(METRICS_FILE)
+                if name in store.list_objects(name):
+                    store.download_object(name, str(self.path))
+                    last = max((r['step'] for r in parse_metrics(self.path.read_text())), default=0)
+                    if last < int(state.timestamp.batch.value):
+                        log.warning(f'MetricsLog: the uploaded {METRICS_FILE} ends at step {last}, before the '
+                                    f'checkpoint at step {int(state.timestamp.batch.value)}: the steps between are '
+                                    'missing from it.')
         step = int(state.timestamp.batch.value)
         self._tokens = {step: int(state.timestamp.token.value)}
         dropped = truncate_metrics(self.path, step)
@@ -119,6 +129,14 @@ class MetricsLog(LoggerDestination):
 
     def eval_after_all(self, state: State, logger: Logger) -> None:
         self._upload()
+
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        if self._at_checkpoint is not None and self._at_checkpoint(state, Event.BATCH_CHECKPOINT):
+            self._upload()
+
+    def epoch_checkpoint(self, state: State, logger: Logger) -> None:
+        if self._at_checkpoint is not None and self._at_checkpoint(state, Event.EPOCH_CHECKPOINT):
+            self._upload()
 
     def _write_pending(self) -> None:
         for step in sorted(s for s in self._pending if s in self._tokens):

@@ -114,7 +114,8 @@ def train(cfg: Any) -> dict[str, Any]:
         upload = f'{remote_run}/{HISTORY_FOLDER}' if remote_run else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload,
                                      outage_limit_s=cfg.object_store_outage_s))
-    metrics_log = MetricsLog(str(run_dir / METRICS_FILE), upload_to=remote_run, outage_limit_s=cfg.object_store_outage_s)
+    metrics_log = MetricsLog(str(run_dir / METRICS_FILE), upload_to=remote_run, outage_limit_s=cfg.object_store_outage_s,
+                             save_interval=cfg.save_interval)
 
     # In a log file a bar is thousands of redrawn lines; plain log lines read better there.
     progress_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()

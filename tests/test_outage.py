@@ -20,6 +20,8 @@ import pytest
 from s3_emulator import emulator_env, free_port
 from test_train_cli import TINY_CPU, _overrides
 
+from reweigh.analysis.runs import parse_metrics
+
 STEPS, EVERY = 24, 4
 
 
@@ -142,6 +144,8 @@ def test_outage_past_the_limit_stops_clearly_and_a_fresh_node_resumes(small_data
     assert f'resuming from s3://reweigh/{prefix}/checkpoints/{in_bucket.decode().rsplit("/", 1)[1]}' in err
     steps, rows = _uploaded_steps(client, prefix, tmp_path)
     assert steps == list(range(STEPS * 4)) and rows == STEPS * 4 * 8  # no step missing, none twice
+    metrics = client.get_object(Bucket='reweigh', Key=f'{prefix}/metrics.jsonl')['Body'].read().decode()
+    assert [r['step'] for r in parse_metrics(metrics) if r['kind'] == 'train'] == list(range(1, STEPS * 4 + 1))
 
 
 def test_resume_from_the_bucket_drops_history_uploaded_past_the_checkpoint(small_dataset, streaming_shm, s3_env,
@@ -166,3 +170,9 @@ def test_resume_from_the_bucket_drops_history_uploaded_past_the_checkpoint(small
     assert 'part-000000004-000000005.parquet' in parts and 'part-000000004-000000007.parquet' in parts
     steps, rows = _uploaded_steps(client, prefix, tmp_path)
     assert steps == list(range(8)) and rows == 8 * 8
+    # The metrics came back from the bucket too: every step and the evaluation once, in the bucket and here.
+    for text in (client.get_object(Bucket='reweigh', Key=f'{prefix}/metrics.jsonl')['Body'].read().decode(),
+                 (run_dir / 'metrics.jsonl').read_text()):
+        raw = parse_metrics(text)
+        assert [r['step'] for r in raw if r['kind'] == 'train'] == list(range(1, 9))
+        assert sorted(r['step'] for r in raw if r['kind'] == 'eval') == [8, 8, 8]  # one line per domain

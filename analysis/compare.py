@@ -52,11 +52,12 @@ IGNORED_KEYS = (
     'run_name', 'run_dir', 'seed', 'save_folder', 'save_interval', 'save_num_checkpoints_to_keep', 'autoresume',
     'load_path', 'history.folder', 'history.flush_interval', 'loggers', 'callbacks', 'progress_bar',
     'console_log_interval', 'dist_timeout', 'object_store_outage_s', 'device', 'device_train_microbatch_size',
-    'train_loader.dataset.local', 'eval_loader.dataset.local', 'train_loader.dataset.shuffle_seed',
-    'eval_loader.dataset.shuffle_seed', 'train_loader.num_workers', 'eval_loader.num_workers',
+    'train_loader.dataset.shuffle_seed', 'eval_loader.dataset.shuffle_seed', 'train_loader.num_workers',
+    'eval_loader.num_workers',
 )
 """Config keys (and key prefixes) that do not make two runs different arms: names, places, seeds, logging,
-and settings that leave the arithmetic alone."""
+and settings that leave the arithmetic alone. A loader's ``dataset.local`` is ignored too when its ``remote``
+is set (it is only the cache then); a local dataset's folder tells datasets apart."""
 
 MEAN_DOMAIN = '(mean)'
 """The row for the unweighted mean of the loss over evaluation domains (its perplexity: the exponential of that)."""
@@ -161,7 +162,10 @@ def _ignored(key: str) -> bool:
 
 
 def _arm_key(run: Run) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in _flatten(run.config).items() if not _ignored(k)))
+    flat = _flatten(run.config)
+    caches = {f'{loader}.dataset.local' for loader in ('train_loader', 'eval_loader')
+              if flat.get(f'{loader}.dataset.remote') is not None}
+    return tuple(sorted((k, repr(v)) for k, v in flat.items() if not _ignored(k) and k not in caches))
 
 
 def _labels(keys: list[tuple]) -> list[str]:

@@ -76,8 +76,9 @@ class Analysis(NamedTuple):
     """Up to ``map_points`` samples (a pseudo-random subset, the same on every run) with their per-sample
     columns, for a plot."""
     samples: pa.Table | None
-    """Per sample: visits, mean and std of the loss across visits, domain, mean relative weight (reweighted
-    rows); ``None`` when it was written to ``samples_to`` instead of being held in memory."""
+    """Per sample: visits, mean and std of the loss across visits, domain, mean relative weight and number of
+    visits on reweighted steps (``active_visits``); ``None`` when it was written to ``samples_to`` instead of
+    being held in memory."""
     rows: int
     steps: int
     first_active_step: int | None
@@ -182,7 +183,8 @@ def _aggregate(con, windows: int, quantiles: tuple[float, ...], k: int, samples_
     con.sql("""
         CREATE TABLE samples AS
         SELECT sample_id, count(*) AS visits, avg(loss) AS mean_loss, stddev_pop(loss) AS loss_std,
-               min(domain) AS domain, avg(rel_weight) FILTER (WHERE active) AS mean_rel_weight
+               min(domain) AS domain, avg(rel_weight) FILTER (WHERE active) AS mean_rel_weight,
+               count(*) FILTER (WHERE active) AS active_visits
         FROM h GROUP BY sample_id
     """)
     summary = con.sql("""

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _locate(run_arg: str) -> tuple[str, dict]:
+def locate(run_arg: str) -> tuple[str, dict]:
     """The history path and the run's summary (``{}`` if none) for a run folder, history folder or URI."""
     from reweigh.pipeline.storage import is_remote
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')
-    history, summary = _locate(args.target)
+    history, summary = locate(args.target)
     out = Path(args.out) if args.out else (Path('analysis') if is_remote(args.target) else Path(args.target) / 'analysis')
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from reweigh.cli import analyze_cmd, compare_cmd, prepare_cmd, sweep_cmd, train_cmd, weights_cmd
+from reweigh.cli import analyze_cmd, compare_cmd, curate_cmd, prepare_cmd, sweep_cmd, train_cmd, weights_cmd
 
 # Each module registers its arguments only; its run() imports what the command needs, so that
 # `reweigh --help` and argument errors answer at once.
-_SUBCOMMANDS = (weights_cmd, prepare_cmd, train_cmd, sweep_cmd, analyze_cmd, compare_cmd)
+_SUBCOMMANDS = (weights_cmd, prepare_cmd, train_cmd, sweep_cmd, analyze_cmd, compare_cmd, curate_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,14 +22,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from reweigh.pipeline import storage
-from reweigh.pipeline.ids import sample_id_domains, split_sample_id
-from reweigh.pipeline.manifest import Manifest, read_manifest
+from reweigh.pipeline.ids import SPLIT_SHIFT, make_sample_id, sample_id_domains, split_sample_id
+from reweigh.pipeline.manifest import CURATION_FOLDER, Manifest, read_manifest
 from reweigh.pipeline.shards import decompress, hash_hex, read_index, read_sample
 
 __all__ = ['SampleLookup']
@@ -61,6 +62,7 @@ class SampleLookup:
         self._documents: dict[str, dict[int, dict[str, Any]]] = {}
         self._tokenizer = None
         self._decode = None
+        self._kept: dict[str, NDArray[np.int64]] = {}
 
     @property
     def domain_names_by_index(self) -> list[str]:
@@ -99,12 +101,12 @@ class SampleLookup:
             files = self.manifest.tokenizer.get('files', [])
             if 'tokenizer.json' in files and 'tokenizer_config.json' in files:
                 rel = self.manifest.tokenizer['path']
-                with open(self._fetch(f'{rel}/tokenizer_config.json'), encoding='utf-8') as f:
+                with open(self.fetch(f'{rel}/tokenizer_config.json'), encoding='utf-8') as f:
                     config = json.load(f)
                 if not config.get('clean_up_tokenization_spaces', False):
                     from tokenizers import Tokenizer
 
-                    fast = Tokenizer.from_file(self._fetch(f'{rel}/tokenizer.json'))
+                    fast = Tokenizer.from_file(self.fetch(f'{rel}/tokenizer.json'))
                     self._decode = lambda ids: fast.decode(ids, skip_special_tokens=False)
             if self._decode is None:
                 self._decode = self.tokenizer.decode
@@ -131,13 +133,42 @@ class SampleLookup:
             self._tokenizer = load_tokenizer(os.path.join(self._base, rel))
         return self._tokenizer
 
+    def samples(self, domain: str, split: str = 'train') -> Iterator[dict[str, Any]]:
+        """Every sample of ``split/domain`` in stored order, one shard in memory at a time.
+
+        Yields dicts with ``input_ids``, ``sample_id``, ``domain`` and ``doc_ids`` (numpy values).
+        """
+        rel = self.manifest.domain(domain).path(split)
+        for shard in self.shards(rel):
+            raw = self._raw_shard(rel, shard)
+            for i in range(shard['samples']):
+                yield read_sample(raw, i, shard)
+
+    def _position(self, domain: int, split: str, index: int) -> int:
+        """Where sequence ``index`` of ``split`` is stored: its index, or in a curated dataset its rank among
+        the kept ones (``curation/{domain}.parquet`` lists them in stored order)."""
+        curation = self.manifest.curation
+        if curation is None or split != 'train':
+            return index
+        name = str(self._names[domain])
+        if name not in self._kept:
+            import pyarrow.parquet as pq
+
+            ids = pq.read_table(self.fetch(f'{CURATION_FOLDER}/{name}.parquet'))['sample_id'].to_numpy()
+            self._kept[name] = ids & ((1 << SPLIT_SHIFT) - 1)
+        kept = self._kept[name]
+        position = int(np.searchsorted(kept, index))
+        if position >= len(kept) or kept[position] != index:
+            raise KeyError(f'sample {make_sample_id(domain, split, index)} was dropped when {self.root} was curated')
+        return position
+
     def _sample(self, sample_id: int) -> dict[str, Any]:
         domain, split, index = split_sample_id(sample_id)
         if domain >= len(self._names):
             raise KeyError(f'sample id {sample_id} names domain {domain}; {self.root} has {len(self._names)}')
         rel = self.manifest.domain(str(self._names[domain])).path(split)
-        shards = self._shards(rel)
-        position = index
+        shards = self.shards(rel)
+        position = self._position(domain, split, index)
         for shard in shards:
             if position < shard['samples']:
                 obj = read_sample(self._raw_shard(rel, shard), position, shard)
@@ -151,13 +182,15 @@ class SampleLookup:
                              f'{int(obj["sample_id"])} where {sample_id} belongs')
         return obj
 
-    def _shards(self, rel: str) -> list[dict[str, Any]]:
+    def shards(self, rel: str) -> list[dict[str, Any]]:
+        """The checked shard entries of the ``index.json`` of stream ``rel`` (e.g. ``train/code``)."""
         if rel not in self._indexes:
             where = storage.join(self.root, rel, 'index.json')
-            self._indexes[rel] = read_index(self._fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where)
+            self._indexes[rel] = read_index(self.fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where)
         return self._indexes[rel]
 
-    def _fetch(self, rel: str) -> str:
+    def fetch(self, rel: str) -> str:
+        """A local path of the dataset's file ``rel``: the file itself, or a cached download for a remote root."""
         local = os.path.join(self._base, rel)
         if self._remote and not os.path.exists(local):
             storage.download(storage.join(self.root, rel), local)
@@ -169,8 +202,8 @@ class SampleLookup:
         raw = os.path.join(self._base, rel, shard['raw_data']['basename'])
         zipped = shard.get('zip_data')
         if os.path.exists(raw) or not zipped:
-            return raw if os.path.exists(raw) else self._fetch(f'{rel}/{shard["raw_data"]["basename"]}')
-        path = self._fetch(f'{rel}/{zipped["basename"]}')
+            return raw if os.path.exists(raw) else self.fetch(f'{rel}/{shard["raw_data"]["basename"]}')
+        path = self.fetch(f'{rel}/{zipped["basename"]}')
         with open(path, 'rb') as f:
             data = f.read()
         for algo, expected in zipped.get('hashes', {}).items():
@@ -185,6 +218,6 @@ class SampleLookup:
         if domain not in self._documents:
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(self._fetch(f'documents/{domain}.parquet')).to_pylist()
+            rows = pq.read_table(self.fetch(f'documents/{domain}.parquet')).to_pylist()
             self._documents[domain] = {row['doc_id']: row for row in rows}
         return self._documents[domain]

@@ -32,9 +32,11 @@ from reweigh.pipeline.ids import DOMAIN_SHIFT, SPLIT_SHIFT, SPLITS
 from reweigh.pipeline.shards import check_columns
 from reweigh.safety.names import check_name, check_relative_path
 
-__all__ = ['MANIFEST_NAME', 'DomainInfo', 'Manifest', 'read_manifest']
+__all__ = ['CURATION_FOLDER', 'MANIFEST_NAME', 'DomainInfo', 'Manifest', 'read_manifest']
 
 MANIFEST_NAME = 'manifest.json'
+CURATION_FOLDER = 'curation'
+"""In a curated dataset: ``curation/{domain}.parquet`` lists the kept training sample ids in stored order."""
 FORMAT = 'reweigh-mds'
 FORMAT_VERSION = 1
 SAMPLE_ID_SCHEME = {
@@ -75,6 +77,10 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
     sample_id_scheme: dict[str, Any] = field(default_factory=lambda: dict(SAMPLE_ID_SCHEME))
+    curation: dict[str, Any] | None = None
+    """For a dataset made by ``reweigh curate``: the source dataset and run, the rules and what they kept.
+    Its training samples keep their source ids, so ``sequence_index`` is the position in the source; the
+    kept ids are listed in :data:`CURATION_FOLDER`."""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

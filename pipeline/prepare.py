@@ -131,12 +131,12 @@ def prepare_dataset(
 
     remote = storage.is_remote(out)
     with tempfile.TemporaryDirectory(prefix='reweigh-prepare-') as staging:
-        existing = _existing_manifest(out, staging, remote)
+        existing = existing_manifest(out, staging, remote)
         if existing is not None and existing.fingerprint == fingerprint and not overwrite:
             print(f'{out} already holds this dataset (fingerprint {fingerprint[:12]}); nothing to do.',
                   file=sys.stderr)
             return PrepareResult(existing, True, time.perf_counter() - start, 0)
-        created = _claim_output(out, existing, overwrite, remote)
+        created = claim_output(out, existing, overwrite, remote)
         local_root = staging if remote else out
         try:
             tok = _get_tokenizer(tokenizer, domains, vocab_size, progress)
@@ -183,7 +183,7 @@ def prepare_default_corpus(out: str | os.PathLike, *, max_bytes_per_domain: int 
     return prepare_dataset(domains, out, vocab_size=vocab_size, seq_len=seq_len, source=source, **kwargs)
 
 
-def _existing_manifest(out: str, staging: str, remote: bool) -> Manifest | None:
+def existing_manifest(out: str, staging: str, remote: bool) -> Manifest | None:
     if remote:
         storage.check_writable(out, os.path.join(staging, '.probe'))
     elif os.path.exists(out) and not os.path.isdir(out):
@@ -198,7 +198,7 @@ def _existing_manifest(out: str, staging: str, remote: bool) -> Manifest | None:
         return None
 
 
-def _claim_output(out: str, existing: Manifest | None, overwrite: bool, remote: bool) -> bool:
+def claim_output(out: str, existing: Manifest | None, overwrite: bool, remote: bool) -> bool:
     """Make sure ``out`` may be written; return whether it is a fresh local folder (removed on failure)."""
     if remote:
         if existing is not None and not overwrite:

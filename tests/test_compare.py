@@ -135,6 +135,15 @@ def test_arms_by_config_name_what_differs(tmp_path):
     runs.append(load_run(_write_run(tmp_path / 'r-half', r_half, {'code': lambda s: 3.0})))
     assert [a.name for a in group_arms(runs)] == ['uniform', 'linupper,r=1.0', 'quadratic,r=1.0', 'linupper,r=0.5']
 
+    def data(name, seed, local, remote=None):
+        return _config(seed, None, name, train_loader={'dataset': {'local': local, 'remote': remote}})
+
+    curves = {'code': lambda s: 3.0}
+    on = [load_run(_write_run(tmp_path / n, data(n, *where), curves)) for n, where in (
+        ('a', (1, 'data/a')), ('b', (1, 'data/b')), ('c', (1, '/cache/1', 's3://x/d')), ('d', (2, '/cache/2', 's3://x/d')))]
+    # two local datasets are two arms; a remote dataset cached in two places is one
+    assert [[r.path for r in arm.runs] for arm in group_arms(on, {})] == [[on[0].path], [on[1].path], [on[2].path, on[3].path]]
+
     lr = _config(1, None, 'lr', optimizer={'lr': 0.001, 'betas': [0.9, 0.95]})
     assert [a.name for a in group_arms([runs[0], load_run(_write_run(tmp_path / 'lr', lr, {'code': lambda s: 3.0}))])] \
         == ['lr=0.002', 'lr=0.001']

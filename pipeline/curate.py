@@ -1,0 +1,201 @@
+"""Write a curated copy of a prepared dataset: the training samples a selection keeps, everything else as is.
+
+The copy is a reweigh dataset like any other (same MDS layout, columns, tokenizer and validation splits),
+written with Streaming's ``MDSWriter`` to a local folder or straight to ``s3://``/``gs://``. Kept samples keep
+their sample ids, domains and source document ids, so a run on the copy has a history that joins the
+original's; ``curation/{domain}.parquet`` lists the kept ids in stored order, which is how
+:class:`~reweigh.pipeline.SampleLookup` finds them. The manifest records the source dataset and run, the
+rules and the counts, and is written last: a curate that stops half-way leaves no dataset that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from reweigh.pipeline import storage
+from reweigh.pipeline.ids import SPLITS
+from reweigh.pipeline.lookup import SampleLookup
+from reweigh.pipeline.manifest import CURATION_FOLDER, MANIFEST_NAME, DomainInfo
+from reweigh.pipeline.prepare import HASHES, claim_output, existing_manifest
+
+__all__ = ['CurateResult', 'curate_dataset']
+
+
+@dataclass
+class CurateResult:
+    """What :func:`curate_dataset` wrote."""
+    kept: dict[str, dict[str, int]]
+    """Per domain: ``samples`` and ``tokens`` kept."""
+    dropped: dict[str, dict[str, int]]
+    """Per domain: ``samples`` and ``tokens`` dropped."""
+    dropped_ids: dict[str, list[int]]
+    """Per domain: the first dropped sample ids (up to 20), for examples."""
+    seconds: float
+    samples_per_s: float
+
+
+def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: dict[str, Any], *,
+                   cache: str | None = None, overwrite: bool = False, progress: bool | None = None) -> CurateResult:
+    """Copy the dataset at ``source`` to ``out``, keeping the training samples for which ``keeps(sample_id)``.
+
+    Args:
+        source: The prepared dataset (local folder or URI).
+        out: Where the curated dataset goes (local folder or ``s3://``/``gs://``); must be empty or absent.
+        keeps: Whether a training sample (by id) goes into the copy.
+        record: What made the selection (source run, rules), stored in the manifest's ``curation``.
+        cache: Local folder for a remote ``source``'s files. Default: a temporary folder.
+        overwrite: Replace whatever ``out`` holds.
+        progress: Show a progress bar; default: when stderr is a terminal.
+
+    Returns:
+        CurateResult: counts per domain and the throughput.
+
+    Raises:
+        ValueError: If ``out`` is ``source``, holds data (without ``overwrite``), or cannot be written, or if
+            the selection keeps no training sample of any domain.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.pipeline import SampleLookup, make_sample_id
+        >>> from reweigh.pipeline.curate import curate_dataset
+        >>> from reweigh.pipeline.prepare import prepare_default_corpus
+        >>> source, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> _ = prepare_default_corpus(source, max_bytes_per_domain=20_000, vocab_size=400, seq_len=32, progress=False)
+        >>> result = curate_dataset(source, out, lambda sid: sid % 2 == 0, {'rules': 'even ids'}, progress=False)
+        >>> seen = result.kept['code']['samples'] + result.dropped['code']['samples']
+        >>> seen == SampleLookup(source).manifest.domain('code').sequences['train']
+        True
+        >>> sid = make_sample_id(0, 'train', 2)
+        >>> SampleLookup(out).text(sid) == SampleLookup(source).text(sid)
+        True
+    """
+    start = time.perf_counter()
+    if storage.is_remote(out) == storage.is_remote(source) and os.path.abspath(str(out)) == os.path.abspath(str(source)):
+        raise ValueError(f'the curated dataset cannot replace its source ({source}); choose another --out')
+    progress = sys.stderr.isatty() if progress is None else progress
+    remote = storage.is_remote(out)
+    with tempfile.TemporaryDirectory(prefix='reweigh-curate-') as staging:
+        lookup = SampleLookup(source, cache or os.path.join(staging, '.source'))
+        manifest = lookup.manifest
+        existing = existing_manifest(out, staging, remote)
+        created = claim_output(out, existing, overwrite, remote)
+        local_root = os.path.join(staging, 'out') if remote else out
+        try:
+            kept, dropped, examples, domains = {}, {}, {}, []
+            total = sum(d.sequences.get('train', 0) for d in manifest.domains)
+            bar = tqdm(total=total, desc='curate', unit='sample', disable=not progress)
+            for info in sorted(manifest.domains, key=lambda d: d.index):
+                k, dr, ex, ids = _curate_domain(lookup, info, keeps, out, local_root, remote, manifest, bar)
+                kept[info.name], dropped[info.name], examples[info.name] = k, dr, ex
+                _write_ids(ids, os.path.join(local_root, CURATION_FOLDER, f'{info.name}.parquet'))
+                domains.append(replace(info, sequences={**info.sequences, 'train': k['samples']},
+                                       tokens={**info.tokens, 'train': k['tokens']}))
+                for split in SPLITS:
+                    if split != 'train':
+                        _copy_stream(lookup, info.path(split), local_root)
+            bar.close()
+            if not any(k['samples'] for k in kept.values()):
+                raise ValueError('the rules drop every training sample; loosen them')
+            for name in manifest.tokenizer.get('files', []):
+                _copy(lookup, f'{manifest.tokenizer["path"]}/{name}', local_root)
+            for info in manifest.domains:
+                _copy(lookup, f'documents/{info.name}.parquet', local_root)
+            curation = {**record, 'source_dataset': str(source), 'source_fingerprint': manifest.fingerprint,
+                        'kept': kept, 'dropped': dropped}
+            fingerprint = hashlib.sha256(json.dumps({'source': manifest.fingerprint, 'curation': curation},
+                                                    sort_keys=True, default=str).encode()).hexdigest()
+            scheme = {**manifest.sample_id_scheme, 'sequence_index': 'position of the sequence in {split}/{domain} of '
+                      f'the source dataset; the kept training ids are listed in {CURATION_FOLDER}/{{domain}}.parquet'}
+            curated = replace(manifest, domains=domains, fingerprint=fingerprint, curation=curation,
+                              source=f'curated from {source}: {manifest.source}', sample_id_scheme=scheme)
+            with open(os.path.join(local_root, MANIFEST_NAME), 'w') as f:
+                f.write(curated.to_json())
+            if remote:
+                files = [os.path.relpath(os.path.join(d, n), local_root) for d, _, ns in os.walk(local_root) for n in ns]
+                files.sort(key=lambda p: p == MANIFEST_NAME)  # the manifest goes last: it marks the dataset complete
+                storage.upload(local_root, out, files)
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            elif not remote and os.path.isdir(out):  # an overwritten folder: no manifest, so nothing looks complete
+                _remove(os.path.join(out, MANIFEST_NAME))
+            raise
+    seconds = time.perf_counter() - start
+    samples = sum(d.sequences.get('train', 0) for d in manifest.domains)
+    return CurateResult(kept, dropped, examples, seconds, samples / max(seconds, 1e-9))
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int], bool], out: str, local_root: str,
+                   remote: bool, manifest: Any, bar: Any) -> tuple[dict[str, int], dict[str, int], list[int], list[int]]:
+    from streaming import MDSWriter
+
+    rel = info.path('train')
+    dest: str | tuple[str, str] = os.path.join(local_root, rel)
+    if remote:
+        dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
+    try:
+        writer = MDSWriter(out=dest, columns=manifest.mds['columns'], compression=manifest.mds.get('compression'),
+                           hashes=manifest.mds.get('hashes', HASHES),
+                           size_limit=manifest.config.get('shard_size_limit', 1 << 24), exist_ok=True)
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
+    kept, dropped = {'samples': 0, 'tokens': 0}, {'samples': 0, 'tokens': 0}
+    ids, examples = [], []
+    for sample in lookup.samples(info.name, 'train'):
+        sid = int(sample['sample_id'])
+        counts = kept if keeps(sid) else dropped
+        counts['samples'] += 1
+        counts['tokens'] += len(sample['input_ids'])
+        if counts is kept:
+            writer.write({'input_ids': sample['input_ids'], 'sample_id': sid, 'domain': int(sample['domain']),
+                          'doc_ids': sample['doc_ids']})
+            ids.append(sid)
+        elif len(examples) < 20:
+            examples.append(sid)
+        bar.update(1)
+    try:
+        writer.finish()
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
+    if remote:  # MDSWriter uploaded the shards and index; the staged copies are not uploaded again
+        shutil.rmtree(os.path.join(local_root, '.shards'), ignore_errors=True)
+    return kept, dropped, examples, ids
+
+
+def _write_ids(ids: list[int], path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table({'sample_id': pa.array(ids, pa.int64())}), path)
+
+
+def _copy(lookup: SampleLookup, rel: str, local_root: str) -> None:
+    dest = os.path.join(local_root, rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.copyfile(lookup.fetch(rel), dest)
+
+
+def _copy_stream(lookup: SampleLookup, rel: str, local_root: str) -> None:
+    """Copy an MDS stream (its ``index.json`` and shard files) unchanged."""
+    _copy(lookup, f'{rel}/index.json', local_root)
+    for shard in lookup.shards(rel):
+        stored = shard.get('zip_data') or shard['raw_data']
+        _copy(lookup, f'{rel}/{stored["basename"]}', local_root)

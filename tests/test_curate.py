@@ -54,7 +54,9 @@ def test_cli_prints_and_writes_a_snippet_reweigh_train_accepts(tmp_path, small_d
     assert list(written) == prepared.manifest.domain_names == ['code', 'docs', 'boilerplate']
     assert list(written.values()) == pytest.approx([want[0], want[1], want[2]], abs=1e-4)
     override = printed.split('as an override: ', 1)[1].strip().strip("'")
-    config = load_config('yamls/tiny-cpu.yaml', [override, f'train_loader.dataset.local={root}'])
+    from test_train_cli import TINY_CPU
+
+    config = load_config(TINY_CPU, [override, f'train_loader.dataset.local={root}', f'eval_loader.dataset.local={root}'])
     assert dict(config.train_loader.dataset.proportions) == written
 
 

@@ -20,8 +20,9 @@ Example:
     >>> samples = pa.table({'sample_id': [1, 2, 3], 'domain': [0, 0, 1], 'visits': [4, 4, 4],
     ...                     'active_visits': [3, 3, 3], 'mean_loss': [0.1, 2.0, 3.0],
     ...                     'loss_std': [0.0, 0.3, 0.2], 'mean_rel_weight': [0.2, 1.2, 1.4]})
-    >>> select(samples, Rules(drop_below=0.5, min_visits=2)).dropped
-    {1: 'weight below 0.5'}
+    >>> selection = select(samples, Rules(drop_below=0.5, min_visits=2))
+    >>> selection.dropped.tolist(), selection.reason(1), selection.keeps(2), selection.keeps(99)
+    ([1], 'weight below 0.5', True, True)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 __all__ = ['SCORES', 'Rules', 'Selection', 'select']
@@ -79,22 +81,44 @@ class Rules:
 
 
 class Selection(NamedTuple):
-    """What :func:`select` decided."""
-    dropped: dict[int, str]
-    """Sample id to the rule that dropped it (visited samples only; see :attr:`drop_unvisited`)."""
+    """What :func:`select` decided, as sorted numpy arrays (a few bytes per visited sample)."""
+    visited: np.ndarray
+    """Sorted ids of the samples the history saw."""
+    dropped: np.ndarray
+    """Sorted ids of the visited samples the rules drop."""
+    codes: np.ndarray
+    """For each of :attr:`dropped`, the index of its rule in :attr:`reasons`."""
+    reasons: tuple[str, ...]
+    """The rules that dropped samples, in words."""
     drop_unvisited: bool
     """Whether samples the history never saw are dropped too."""
     thresholds: dict[str, float]
     """The rules' thresholds in data-map units (``easy_stable_loss``, ``easy_stable_std``), for the report."""
 
-    def keeps(self, sample_id: int, visited: bool) -> bool:
+    def _find(self, ids: np.ndarray, sample_id: int) -> int:
+        i = int(np.searchsorted(ids, sample_id))
+        return i if i < len(ids) and ids[i] == sample_id else -1
+
+    def keeps(self, sample_id: int) -> bool:
         """Whether the sample goes into the curated dataset."""
-        return sample_id not in self.dropped if visited else not self.drop_unvisited
+        if self._find(self.visited, sample_id) < 0:
+            return not self.drop_unvisited
+        return self._find(self.dropped, sample_id) < 0
+
+    def reason(self, sample_id: int) -> str | None:
+        """Why the sample was dropped (``None`` if it was not, or was never visited)."""
+        i = self._find(self.dropped, sample_id)
+        return None if i < 0 else self.reasons[self.codes[i]]
+
+    def reason_counts(self) -> dict[str, int]:
+        """How many visited samples each rule dropped."""
+        counts = np.bincount(self.codes, minlength=len(self.reasons))
+        return {r: int(c) for r, c in zip(self.reasons, counts) if c}
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+def _quantile(values: np.ndarray, q: float) -> float:
+    ordered = np.sort(values)
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
 
 
 def select(samples: pa.Table, rules: Rules, domain_names: list[str] | None = None) -> Selection:
@@ -108,41 +132,43 @@ def select(samples: pa.Table, rules: Rules, domain_names: list[str] | None = Non
     Returns:
         Selection: the dropped sample ids, each with the rule that dropped it.
     """
-    rows = samples.select(['sample_id', 'domain', 'active_visits', 'mean_loss', 'loss_std', 'mean_rel_weight']).to_pylist()
-    names = domain_names or [f'domain {d}' for d in range(1 + max((r['domain'] for r in rows), default=-1))]
-    dropped: dict[int, str] = {}
+    column = {name: samples[name].to_numpy(zero_copy_only=False) for name in
+              ('sample_id', 'domain', 'active_visits', 'mean_loss', 'loss_std')}
+    ids, domain = column['sample_id'].astype(np.int64), column['domain'].astype(np.int64)
+    weight = samples['mean_rel_weight'].fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    loss, std = column['mean_loss'].astype(np.float64), column['loss_std'].astype(np.float64)
+    names = domain_names or [f'domain {d}' for d in range(1 + int(domain.max(initial=-1)))]
+    code = np.full(len(ids), -1, dtype=np.int64)  # -1: kept; else the index of the rule in `reasons`
+    reasons: list[str] = []
     thresholds: dict[str, float] = {}
+
+    def drop(mask: np.ndarray, reason: str) -> None:
+        mask = mask & (code < 0)
+        if mask.any():
+            reasons.append(reason)
+            code[mask] = len(reasons) - 1
+
     if rules.drop_below is not None:
-        for r in rows:
-            if r['mean_rel_weight'] is not None and r['active_visits'] >= rules.min_visits \
-                    and r['mean_rel_weight'] < rules.drop_below:
-                dropped[r['sample_id']] = f'weight below {rules.drop_below}'
-    if rules.drop_easy_stable is not None and rows:
-        loss_q = _quantile([r['mean_loss'] for r in rows], rules.drop_easy_stable)
-        std_q = _quantile([r['loss_std'] for r in rows], rules.drop_easy_stable)
+        with np.errstate(invalid='ignore'):
+            low = weight < rules.drop_below
+        drop(low & (column['active_visits'] >= rules.min_visits), f'weight below {rules.drop_below}')
+    if rules.drop_easy_stable is not None and len(ids):
+        loss_q, std_q = _quantile(loss, rules.drop_easy_stable), _quantile(std, rules.drop_easy_stable)
         thresholds.update(easy_stable_loss=loss_q, easy_stable_std=std_q)
-        for r in rows:
-            if r['sample_id'] not in dropped and r['mean_loss'] <= loss_q and r['loss_std'] <= std_q:
-                dropped[r['sample_id']] = f'easy and stable (loss <= {loss_q:.3g}, std <= {std_q:.3g})'
-
-    def score(r: dict[str, Any]) -> float:
-        value = r['mean_rel_weight'] if rules.score == 'weight' else r['mean_loss']
-        return -math.inf if value is None else value
-
-    by_domain: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        if r['sample_id'] not in dropped:
-            by_domain.setdefault(r['domain'], []).append(r)
-    for domain, members in by_domain.items():
-        members.sort(key=lambda r: (-score(r), r['sample_id']))
-        keep = len(members)
-        reason = ''
+        drop((loss <= loss_q) & (std <= std_q), f'easy and stable (loss <= {loss_q:.3g}, std <= {std_q:.3g})')
+    score = np.nan_to_num(weight if rules.score == 'weight' else loss, nan=-np.inf)
+    for d in np.unique(domain):
+        members = np.flatnonzero((domain == d) & (code < 0))
+        members = members[np.lexsort((ids[members], -score[members]))]  # highest score first, then by id
+        keep, reason = len(members), ''
         if rules.keep_top is not None:
-            keep = math.ceil(rules.keep_top * len(members))
-            reason = f'not in the top {rules.keep_top:g} by {rules.score}'
-        name = names[domain] if 0 <= domain < len(names) else f'domain {domain}'
+            keep, reason = math.ceil(rules.keep_top * len(members)), f'not in the top {rules.keep_top:g} by {rules.score}'
+        name = names[d] if 0 <= d < len(names) else f'domain {d}'
         if name in rules.caps and rules.caps[name] < keep:
             keep, reason = rules.caps[name], f'over the cap of {rules.caps[name]} for {name}'
-        for r in members[keep:]:
-            dropped[r['sample_id']] = reason
-    return Selection(dropped, rules.drop_unvisited, thresholds)
+        beyond = np.zeros(len(ids), dtype=bool)
+        beyond[members[keep:]] = True
+        drop(beyond, reason)
+    order = np.argsort(ids, kind='stable')
+    dropped = order[code[order] >= 0]
+    return Selection(ids[order], ids[dropped], code[dropped], tuple(reasons), rules.drop_unvisited, thresholds)

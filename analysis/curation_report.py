@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from reweigh.analysis.curation import Selection
@@ -14,9 +14,14 @@ from reweigh.analysis.render import markdown_table, plt, save_figure, save_table
 __all__ = ['write_curation_report']
 
 
+_MAP_POINTS = 20_000
+
+
 def _plot_map(samples: pa.Table, selection: Selection, path: Path) -> None:
+    if samples.num_rows > _MAP_POINTS:  # an evenly spaced subset: a scatter of millions of points says no more
+        samples = samples.take(np.linspace(0, samples.num_rows - 1, _MAP_POINTS).astype(np.int64))
     s = samples.select(['sample_id', 'mean_loss', 'loss_std']).to_pydict()
-    dropped = [sid in selection.dropped for sid in s['sample_id']]
+    dropped = [selection.reason(sid) is not None for sid in s['sample_id']]
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for flag, color, label in ((False, 'tab:blue', 'kept'), (True, 'tab:red', 'dropped')):
         xs = [x for x, d in zip(s['loss_std'], dropped) if d == flag]
@@ -25,7 +30,8 @@ def _plot_map(samples: pa.Table, selection: Selection, path: Path) -> None:
     if 'easy_stable_loss' in selection.thresholds:
         ax.axhline(selection.thresholds['easy_stable_loss'], color='grey', ls='--', lw=1)
         ax.axvline(selection.thresholds['easy_stable_std'], color='grey', ls='--', lw=1, label='easy-and-stable corner')
-    ax.set(title='data map of the visited samples', xlabel='loss std across visits', ylabel='mean loss')
+    subset = '' if len(dropped) < _MAP_POINTS else f' ({_MAP_POINTS:,} shown)'
+    ax.set(title=f'data map of the visited samples{subset}', xlabel='loss std across visits', ylabel='mean loss')
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -81,10 +87,11 @@ def write_curation_report(
     table = pa.Table.from_pylist(rows)
     save_table(table, out, 'curation')
     _plot_map(samples, selection, out / 'data_map.png')
-    reasons = Counter(selection.dropped.values())
+    reasons = selection.reason_counts()
     lines = [f'# {title}', '', markdown_table(
         table, list(table.column_names), {'dropped_share': '.3f'}), '', '## Why samples were dropped', '']
-    lines += [f'- {reason or "(no reason)"}: {count:,}' for reason, count in reasons.most_common()] or ['- nothing dropped']
+    lines += [f'- {reason}: {count:,}' for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])] \
+        or ['- nothing dropped']
     if selection.drop_unvisited:
         lines.append('- never visited by the run: dropped (--drop-unvisited)')
     lines += ['', '![data map: kept and dropped samples](data_map.png)', '']
@@ -94,7 +101,7 @@ def write_curation_report(
             ids = (examples.get(name) or [])[:per_domain]
             for sid, text in zip(ids, text_of(ids) if ids else []):
                 snippet = ' '.join(text.split())[:160].replace('|', '\\|')
-                lines.append(f'- `{name}` {sid} ({selection.dropped.get(sid, "never visited")}): {snippet}')
+                lines.append(f'- `{name}` {sid} ({selection.reason(sid) or "never visited"}): {snippet}')
         lines.append('')
     report = out / 'report.md'
     report.write_text('\n'.join(lines))

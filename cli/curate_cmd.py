@@ -161,10 +161,9 @@ def _curate(args: argparse.Namespace, rules: Any, analysis: Any, dataset: str, c
     from reweigh.pipeline.curate import curate_dataset
 
     selection = select(analysis.samples, rules, manifest.domain_names)
-    visited = set(analysis.samples['sample_id'].to_pylist())
     record = {'source_run': args.target, 'rules': rules.record(), 'history_rows': analysis.rows,
               'thresholds': selection.thresholds}
-    result = curate_dataset(dataset, args.out, lambda sid: selection.keeps(sid, sid in visited), record,
+    result = curate_dataset(dataset, args.out, selection.keeps, record,
                             cache=cache, overwrite=args.overwrite)
     lookup = SampleLookup(dataset, cache)
     report = write_curation_report(

@@ -36,6 +36,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  checkpoints:  {summary['save_folder']}")
     if summary['history']:
         print(f"  loss history: {summary['history']}  (open with pyarrow.dataset; `reweigh analyze {summary['run_dir']}`)")
+    print(f"  metrics:      {summary['run_dir']}/metrics.jsonl  (evaluations and training loss per step; "
+          f"`reweigh compare {summary['run_dir']} OTHER_RUN ...`)")
     print(f"  summary:      {summary['run_dir']}/summary.json")
     for name, value in sorted(summary['eval'].items()):
         print(f'  {name}: {value:.4f}')

@@ -266,12 +266,6 @@ class Comparison(NamedTuple):
     domains: list[str]
 
 
-def _final_rows(run: Run) -> dict[str, dict[str, Any]]:
-    ev = run.eval.to_pylist()
-    last = max(r['step'] for r in ev)
-    return {r['domain']: r for r in ev if r['step'] == last}
-
-
 def _domain_history_summary(run: Run) -> pa.Table | None:
     from reweigh.analysis.format import filesystem_for, list_parts
     from reweigh.analysis.tables import analyze_history
@@ -338,22 +332,25 @@ def compare_runs(
     if baseline not in by_name:
         raise ValueError(f'no arm is called {baseline!r}; the arms are: {", ".join(by_name)}.')
     arms = [by_name[baseline]] + [a for a in arms if a.name != baseline]  # the baseline first, in every table
+    evaluations = {r.path: _evaluations(r, domains) for r in runs}  # (step, domain) -> row, once per run
+    ends = {r.path: int(max(r.eval['step'].to_pylist())) for r in runs}
     for arm in arms:
-        ends = {r.path: int(max(r.eval['step'].to_pylist())) for r in arm.runs}
-        if len(set(ends.values())) > 1:
+        if len({ends[r.path] for r in arm.runs}) > 1:
             raise ValueError(f'arm {arm.name!r}: its runs were last evaluated at different steps '
-                             f'({", ".join(f"{p}: {s}" for p, s in ends.items())}); finish them, or leave the short ones out.')
+                             f'({", ".join(f"{r.path}: {ends[r.path]}" for r in arm.runs)}); finish them, or leave the '
+                             'short ones out.')
 
-    curves = _curves(arms, domains)
-    finals = {a.name: [_final_rows(r) for r in a.runs] for a in arms}
+    curves = _curves(arms, evaluations)
+    final_loss = {r.path: {d: _nan(evaluations[r.path][(ends[r.path], d)].get('loss')) for d in [*domains, MEAN_DOMAIN]}
+                  for r in runs}
     final_rows = []
     base_arm = by_name[baseline]
     base_curve = _mean_curves(curves, baseline)
     for arm in arms:
         arm_curve = _mean_curves(curves, arm.name)
         for domain in [*domains, MEAN_DOMAIN]:
-            losses = [_loss(f, domain, domains) for f in finals[arm.name]]
-            ppl = [_metric(f, domain, domains, 'perplexity') for f in finals[arm.name]]
+            losses = [final_loss[r.path][domain] for r in arm.runs]
+            ppl = [evaluations[r.path][(ends[r.path], domain)].get('perplexity') for r in arm.runs]
             row: dict[str, Any] = {
                 'arm': arm.name, 'domain': domain, 'seeds': len(losses),
                 'loss_mean': statistics.fmean(losses), 'loss_std': _std(losses),
@@ -362,7 +359,7 @@ def compare_runs(
             common = [s for s in arm.seeds if s is not None and s in base_arm.seeds]
             if arm.name != baseline and common:
                 mine = [losses[arm.seeds.index(s)] for s in common]
-                theirs = [_loss(finals[baseline][base_arm.seeds.index(s)], domain, domains) for s in common]
+                theirs = [final_loss[base_arm.runs[base_arm.seeds.index(s)].path][domain] for s in common]
                 d = paired_difference(mine, theirs)
                 row.update(diff_mean=d.mean, diff_ci_low=d.ci_low, diff_ci_high=d.ci_high, pairs=d.n, pairs_better=d.better)
             else:
@@ -376,12 +373,12 @@ def compare_runs(
 
     return Comparison(
         runs=pa.Table.from_pylist([
-            {'arm': a.name, 'run': r.name, 'path': r.path, 'seed': s, 'final_step': int(max(r.eval['step'].to_pylist()))}
+            {'arm': a.name, 'run': r.name, 'path': r.path, 'seed': s, 'final_step': ends[r.path]}
             for a in arms for r, s in zip(a.runs, a.seeds)
         ], schema=pa.schema([('arm', pa.string()), ('run', pa.string()), ('path', pa.string()), ('seed', pa.int64()),
                              ('final_step', pa.int64())])),
         curves=curves,
-        differences=_differences(arms, base_arm, domains),
+        differences=_differences(arms, base_arm, evaluations),
         final=pa.Table.from_pylist(final_rows, schema=_FINAL_SCHEMA),
         weights=_weights(arms, domain_names, histories),
         train=_train_curves(arms),
@@ -398,21 +395,16 @@ _FINAL_SCHEMA = pa.schema([
 ])
 
 
-def _metric(final: dict[str, dict[str, Any]], domain: str, domains: list[str], name: str) -> float | None:
-    """A metric of one evaluation; for :data:`MEAN_DOMAIN` the mean loss over domains, and its exponential as
-    the perplexity (the geometric mean of the domains' perplexities, so that it orders arms as the loss does)."""
-    if domain == MEAN_DOMAIN:
-        losses = [final[d].get('loss') for d in domains]
-        if any(v is None for v in losses):
-            return None
-        mean = statistics.fmean(losses)
-        return mean if name == 'loss' else math.exp(mean) if name == 'perplexity' else None
-    return final[domain].get(name)
-
-
-def _loss(final: dict[str, dict[str, Any]], domain: str, domains: list[str]) -> float:
-    value = _metric(final, domain, domains, 'loss')
+def _nan(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+def _mean_row(final: dict[str, dict[str, Any]], domains: list[str]) -> dict[str, Any]:
+    """The :data:`MEAN_DOMAIN` row of one evaluation: the mean loss over domains, and its exponential as the
+    perplexity (the geometric mean of the domains' perplexities, so that it orders arms as the loss does)."""
+    losses = [final[d].get('loss') for d in domains]
+    mean = None if any(v is None for v in losses) else statistics.fmean(losses)
+    return {'tokens': final[domains[0]]['tokens'], 'loss': _nan(mean), 'perplexity': None if mean is None else math.exp(mean)}
 
 
 def _evaluations(run: Run, domains: list[str]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -424,8 +416,7 @@ def _evaluations(run: Run, domains: list[str]) -> dict[tuple[int, str], dict[str
     for step, final in by_step.items():
         out.update({(step, d): final[d] for d in domains if d in final})
         if all(d in final for d in domains):
-            out[(step, MEAN_DOMAIN)] = {'tokens': final[domains[0]]['tokens'], 'loss': _loss(final, MEAN_DOMAIN, domains),
-                                        'perplexity': _metric(final, MEAN_DOMAIN, domains, 'perplexity')}
+            out[(step, MEAN_DOMAIN)] = _mean_row(final, domains)
     return out
 
 
@@ -433,12 +424,12 @@ def _by_domain_then_step(item: tuple[tuple[int, str], Any]) -> tuple[str, int]:
     return item[0][1], item[0][0]
 
 
-def _curves(arms: list[Arm], domains: list[str]) -> pa.Table:
+def _curves(arms: list[Arm], evaluations: dict[str, dict[tuple[int, str], dict[str, Any]]]) -> pa.Table:
     rows = []
     for arm in arms:
         per_step: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for run in arm.runs:
-            for key, value in _evaluations(run, domains).items():
+            for key, value in evaluations[run.path].items():
                 per_step.setdefault(key, []).append(value)
         for (step, domain), values in sorted(per_step.items(), key=_by_domain_then_step):
             if len(values) < len(arm.runs):  # a step not every seed evaluated
@@ -458,14 +449,14 @@ def _curves(arms: list[Arm], domains: list[str]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _differences(arms: list[Arm], baseline: Arm, domains: list[str]) -> pa.Table:
+def _differences(arms: list[Arm], baseline: Arm, evaluations: dict[str, dict[tuple[int, str], dict[str, Any]]]) -> pa.Table:
     """Per arm, domain and step: the paired loss difference to the baseline (mean, min, max over seeds)."""
-    base = {s: _evaluations(r, domains) for s, r in zip(baseline.seeds, baseline.runs) if s is not None}
+    base = {s: evaluations[r.path] for s, r in zip(baseline.seeds, baseline.runs) if s is not None}
     rows = []
     for arm in arms:
         if arm is baseline:
             continue
-        pairs = [(_evaluations(r, domains), base[s]) for s, r in zip(arm.seeds, arm.runs) if s in base]
+        pairs = [(evaluations[r.path], base[s]) for s, r in zip(arm.seeds, arm.runs) if s in base]
         per_step: dict[tuple[int, str], list[float]] = {}
         for mine, theirs in pairs:
             for key in mine.keys() & theirs.keys():

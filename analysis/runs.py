@@ -64,6 +64,7 @@ __all__ = [
     'parse_metrics',
     'read_text',
     'truncate_metrics',
+    'write_atomically',
 ]
 
 METRICS_FILE = 'metrics.jsonl'
@@ -168,11 +169,18 @@ def truncate_metrics(path: str | os.PathLike, step: int) -> int:
         text = f.read()
     total = sum(1 for line in text.split('\n') if line.strip())
     keep = [row for row in parse_metrics(text, path) if row['step'] <= step]
+    write_atomically(path, ''.join(json.dumps(row) + '\n' for row in keep))
+    return total - len(keep)
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to the local ``path`` through a temporary ``.name.tmp`` beside it and a rename, so that a
+    reader (or a killed writer) never leaves a half-written file there."""
+    path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp')
     with open(tmp, 'w') as f:
-        f.write(''.join(json.dumps(row) + '\n' for row in keep))
+        f.write(text)
     os.replace(tmp, path)
-    return total - len(keep)
 
 
 def read_text(path: str, missing_ok: bool = False) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,7 @@ class MetricsLog(LoggerDestination):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.upload_to is not None:
             remote = self.upload_to.format(run_name=state.run_name)
-            self._uploader = DurableUploader(remote, self.outage_limit_s, name='metrics',
-                                             staging_dir=str(self.path.parent / '.uploads'))
+            self._uploader = DurableUploader(remote, self.outage_limit_s, name='metrics', staging_dir=str(self.path.parent))
             if not self.path.exists():  # resuming where the earlier attempt ran: start from its upload
                 store, name = self._uploader.store, self._uploader.object_name(METRICS_FILE)
                 if name in store.list_objects(name):
@@ -167,12 +165,3 @@ class MetricsLog(LoggerDestination):
                 uploader.close()
             except RemoteStoreError as e:
                 self.upload_error = e
-            finally:
-                _remove_empty(self.path.parent / '.uploads')
-
-
-def _remove_empty(folder: Path) -> None:
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass

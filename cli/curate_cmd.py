@@ -67,6 +67,7 @@ def _default_folder(target: str, name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reweigh.analysis import analyze_history
     from reweigh.analysis.curation import Rules
     from reweigh.cli.analyze_cmd import locate
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             manifest = read_manifest(dataset, cache)
             if args.out:
                 rules.check(manifest.domain_names)
-            analysis = _analyze(history, tmp)
+            analysis = analyze_history(history, windows=1, k=0, map_points=0)  # with the per-sample table
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
         except OSError as e:  # the store cannot be reached, or refuses the credentials
@@ -97,16 +98,6 @@ def run(args: argparse.Namespace) -> int:
             _check_history(analysis.samples, manifest, dataset)
             _curate(args, rules, analysis, dataset, cache, manifest)
     return 0
-
-
-def _analyze(history: str, tmp: str) -> Any:
-    import pyarrow.parquet as pq
-
-    from reweigh.analysis import analyze_history
-
-    samples = os.path.join(tmp, 'samples.parquet')
-    analysis = analyze_history(history, windows=1, k=0, map_points=0, samples_to=samples)
-    return analysis._replace(samples=pq.read_table(samples))
 
 
 def _check_history(samples: Any, manifest: Any, dataset: str) -> None:

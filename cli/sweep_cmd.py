@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,8 @@ class Planned(NamedTuple):
     seed: int
     run_dir: Path
     overrides: list[str]
+    config: str
+    """The run's resolved config as ``reweigh train`` writes it to ``config.yaml``."""
 
 
 def _arms(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -87,8 +89,11 @@ def _seeds(text: str, base: int) -> list[int]:
     return seeds
 
 
-def plan(args: argparse.Namespace) -> tuple[list[Planned], Path]:
-    """Every run of the sweep, with its overrides, each config validated (raises ConfigError naming the run)."""
+def plan(args: argparse.Namespace) -> tuple[list[Planned], Path, Any]:
+    """Every run of the sweep, with its overrides and validated config (raises ConfigError naming the run), the
+    sweep's folder, and the shared config without the runs' overrides."""
+    from omegaconf import OmegaConf
+
     from reweigh.cli.config import ConfigError, load_config
 
     base = load_config(args.config, args.overrides)
@@ -104,25 +109,20 @@ def plan(args: argparse.Namespace) -> tuple[list[Planned], Path]:
             if base.save_folder is not None and '{run_name}' not in base.save_folder:
                 overrides.append('save_folder=null')  # one folder for every run would mix their checkpoints
             try:
-                load_config(args.config, overrides)
+                config = OmegaConf.to_yaml(load_config(args.config, overrides))
             except ConfigError as e:
                 raise ConfigError(f'run {name}: {e}') from None
-            runs.append(Planned(arm, seed, run_dir, overrides))
-    return runs, out
+            runs.append(Planned(arm, seed, run_dir, overrides, config))
+    return runs, out, base
 
 
-def finished(planned: Planned, config_path: str) -> bool:
+def finished(planned: Planned) -> bool:
     """Whether the run ended (summary.json) with the very config it would run with now."""
-    from omegaconf import OmegaConf
-
     from reweigh.analysis.runs import CONFIG_FILE, SUMMARY_FILE
-    from reweigh.cli.config import load_config
 
     done = planned.run_dir / SUMMARY_FILE
     written = planned.run_dir / CONFIG_FILE
-    if not (done.is_file() and written.is_file()):
-        return False
-    return written.read_text() == OmegaConf.to_yaml(load_config(config_path, planned.overrides))
+    return done.is_file() and written.is_file() and written.read_text() == planned.config
 
 
 def _command(config: str, overrides: list[str]) -> list[str]:
@@ -131,11 +131,10 @@ def _command(config: str, overrides: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from reweigh.cli import data
-    from reweigh.cli.config import load_config
 
-    runs, out = plan(args)
-    todo = [p for p in runs if not finished(p, args.config)]
-    data.prepare_if_needed(load_config(args.config, args.overrides))  # once, before runs that may go in parallel
+    runs, out, base = plan(args)
+    todo = [p for p in runs if not finished(p)]
+    data.prepare_if_needed(base)  # once, before runs that may go in parallel
     if args.print_commands:
         for p in todo:
             print(shlex.join(_command(args.config, p.overrides)))

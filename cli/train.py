@@ -23,7 +23,7 @@ from composer.utils import dist, format_name_with_dist, parse_uri, reproducibili
 from omegaconf import OmegaConf
 
 from reweigh.algorithms import LossReweighting
-from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE
+from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE, write_atomically
 from reweigh.callbacks import LossHistory, MetricsLog, RestoreRngOnResume
 from reweigh.cli import data, train_cmd
 from reweigh.cli.builders import (
@@ -86,7 +86,7 @@ def train(cfg: Any) -> dict[str, Any]:
     run_files = None
     if dist.get_global_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        write_atomically(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
         if remote_run:
             run_files = DurableUploader(remote_run, cfg.object_store_outage_s, name='run files')
             run_files.put(run_dir / CONFIG_FILE, CONFIG_FILE)
@@ -199,7 +199,7 @@ def train(cfg: Any) -> dict[str, Any]:
         'eval': metrics,
     }
     if dist.get_global_rank() == 0:
-        _write_atomically(summary_file, json.dumps(summary, indent=2))
+        write_atomically(summary_file, json.dumps(summary, indent=2))
         if run_files is not None:
             run_files.put(summary_file, SUMMARY_FILE)
             run_files.close()
@@ -211,12 +211,6 @@ def _run_folder_of(save_folder: str) -> str:
     backend, bucket, path = parse_uri(save_folder)
     parent = path.strip('/').rsplit('/', 1)[0] if '/' in path.strip('/') else ''
     return f'{backend}://{bucket}' + (f'/{parent}' if parent else '')
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

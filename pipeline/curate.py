@@ -127,19 +127,11 @@ def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: 
                 files.sort(key=lambda p: p == MANIFEST_NAME)  # the manifest goes last: it marks the dataset complete
                 storage.upload(local_root, out, files)
         except BaseException:
-            if created:
+            if created:  # a local output (claim_output emptied an overwritten one): remove it whole
                 shutil.rmtree(out, ignore_errors=True)
-            elif not remote and os.path.isdir(out):  # an overwritten folder: no manifest, so nothing looks complete
-                _remove(os.path.join(out, MANIFEST_NAME))
             raise
     seconds = time.perf_counter() - start
-    samples = sum(d.sequences.get('train', 0) for d in manifest.domains)
-    return CurateResult(kept, dropped, examples, seconds, samples / max(seconds, 1e-9))
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
+    return CurateResult(kept, dropped, examples, seconds, total / max(seconds, 1e-9))
 
 
 def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int], bool], out: str, local_root: str,
@@ -174,9 +166,7 @@ def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int]
         writer.finish()
     except Exception as e:  # botocore/gcs/... raise their own error types
         raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
-    if remote:  # MDSWriter uploaded the shards and index; the staged copies are not uploaded again
-        shutil.rmtree(os.path.join(local_root, '.shards'), ignore_errors=True)
-    return kept, dropped, examples, ids
+    return kept, dropped, examples, ids  # to a remote out, MDSWriter uploaded the shards and removed its local copy
 
 
 def _write_ids(ids: list[int], path: str) -> None:

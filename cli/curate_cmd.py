@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument('target', metavar='RUN_DIR_OR_URI')
     p.add_argument('--out', metavar='DIR_OR_URI', help='write the curated dataset here (local folder, s3://, gs://)')
     p.add_argument('--overwrite', action='store_true', help='replace what --out holds')
+    p.add_argument('--engine', choices=('local', 'spark'), default='local',
+                   help='local: this process (default); spark: Spark executors copy the shards (needs reweigh[spark])')
+    p.add_argument('--spark-master', metavar='URL', help='Spark master for --engine spark (default: local[*])')
     rules = p.add_argument_group('rules (applied in this order)')
     rules.add_argument('--drop-below', type=float, metavar='W',
                        help='drop samples whose mean weight after warm-up is below W x uniform ...')
@@ -154,8 +157,8 @@ def _curate(args: argparse.Namespace, rules: Any, analysis: Any, dataset: str, c
     selection = select(analysis.samples, rules, manifest.domain_names)
     record = {'source_run': args.target, 'rules': rules.record(), 'history_rows': analysis.rows,
               'thresholds': selection.thresholds}
-    result = curate_dataset(dataset, args.out, selection.keeps, record,
-                            cache=cache, overwrite=args.overwrite)
+    result = curate_dataset(dataset, args.out, selection.keeps, record, cache=cache, overwrite=args.overwrite,
+                            engine=args.engine, spark_master=args.spark_master)
     lookup = SampleLookup(dataset, cache)
     report = write_curation_report(
         args.report or _default_folder(args.target, 'curation'), result.kept, result.dropped, selection,

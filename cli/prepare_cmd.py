@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         'domain), with the tokenizer, a document table and manifest.json. Without --domain/--domains-file, '
         'the embedded default corpus (Python standard library code, its documentation, licence '
         'boilerplate) is used. Example: reweigh prepare --domain code=src/ --domain docs=notes.jsonl '
-        '--out s3://bucket/data',
+        '--out s3://bucket/data. With --engine spark the same dataset (same sequences and sample ids) is made '
+        'by Spark executors.',
     )
     p.add_argument('--out', required=True, help='dataset root: local folder or remote URI (s3://..., gs://...)')
     p.add_argument('--domain', action='append', default=[], metavar='NAME=SPEC',
@@ -29,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='default corpus only: bytes of text per domain (default 600000)')
     p.add_argument('--shard-size-limit', type=int, default=1 << 24, help='uncompressed bytes per shard')
     p.add_argument('--overwrite', action='store_true', help='replace whatever --out holds')
+    p.add_argument('--engine', choices=('local', 'spark'), default='local',
+                   help='local: this process (default); spark: Spark executors, the same dataset (needs reweigh[spark])')
+    p.add_argument('--spark-master', metavar='URL',
+                   help='Spark master for --engine spark (default: local[*]; spark://..., yarn, k8s://...)')
+    p.add_argument('--tokenizer-sample-bytes', type=int, default=1 << 28, metavar='N',
+                   help='--engine spark without --tokenizer: train the BPE on the driver on the first N bytes of '
+                   'each domain (default 268435456)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.set_defaults(run=run)
 
@@ -37,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from reweigh.pipeline import load_domains_file, parse_domain_arg, prepare_dataset, prepare_default_corpus
 
     common = dict(seq_len=args.seq_len, val_fraction=args.val_fraction, shard_size_limit=args.shard_size_limit,
-                  overwrite=args.overwrite, progress=False if args.no_progress else None)
+                  overwrite=args.overwrite, progress=False if args.no_progress else None, engine=args.engine,
+                  spark_master=args.spark_master, tokenizer_sample_bytes=args.tokenizer_sample_bytes)
     try:
         domains = [parse_domain_arg(d, text_field=args.text_field) for d in args.domain]
         if args.domains_file:

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,9 +28,9 @@ from reweigh.pipeline import storage
 from reweigh.pipeline.ids import SPLITS
 from reweigh.pipeline.lookup import SampleLookup
 from reweigh.pipeline.manifest import CURATION_FOLDER, MANIFEST_NAME, DomainInfo
-from reweigh.pipeline.prepare import HASHES, claim_output, existing_manifest
+from reweigh.pipeline.prepare import ENGINES, HASHES, claim_output, existing_manifest
 
-__all__ = ['CurateResult', 'curate_dataset']
+__all__ = ['ENGINES', 'CurateResult', 'copy_kept', 'curate_dataset', 'mds_settings']
 
 
 @dataclass
@@ -47,7 +47,8 @@ class CurateResult:
 
 
 def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: dict[str, Any], *,
-                   cache: str | None = None, overwrite: bool = False, progress: bool | None = None) -> CurateResult:
+                   cache: str | None = None, overwrite: bool = False, progress: bool | None = None,
+                   engine: str = 'local', spark_master: str | None = None, shards_per_task: int = 8) -> CurateResult:
     """Copy the dataset at ``source`` to ``out``, keeping the training samples for which ``keeps(sample_id)``.
 
     Args:
@@ -58,13 +59,19 @@ def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: 
         cache: Local folder for a remote ``source``'s files. Default: a temporary folder.
         overwrite: Replace whatever ``out`` holds.
         progress: Show a progress bar; default: when stderr is a terminal.
+        engine: ``'local'`` (this process) or ``'spark'``: Spark executors filter the training shards, each
+            task ``shards_per_task`` of them (:mod:`reweigh.pipeline.spark_curate`); the copy is the same.
+            ``source`` must then be readable by the executors.
+        spark_master: Spark master URL for ``engine='spark'`` (default ``local[*]``, or the active session's).
+        shards_per_task: Source shards per Spark task.
 
     Returns:
         CurateResult: counts per domain and the throughput.
 
     Raises:
-        ValueError: If ``out`` is ``source``, holds data (without ``overwrite``), or cannot be written, or if
-            the selection keeps no training sample of any domain.
+        ValueError: If ``out`` is ``source``, holds data (without ``overwrite``), or cannot be written, if
+            the selection keeps no training sample of any domain, or for an unknown engine (or, for
+            ``'spark'``, no pyspark or Java).
 
     Example:
         >>> import tempfile
@@ -84,20 +91,34 @@ def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: 
     start = time.perf_counter()
     if storage.is_remote(out) == storage.is_remote(source) and os.path.abspath(str(out)) == os.path.abspath(str(source)):
         raise ValueError(f'the curated dataset cannot replace its source ({source}); choose another --out')
+    if engine not in ENGINES:
+        raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
     progress = sys.stderr.isatty() if progress is None else progress
     remote = storage.is_remote(out)
     with tempfile.TemporaryDirectory(prefix='reweigh-curate-') as staging:
         lookup = SampleLookup(source, cache or os.path.join(staging, '.source'))
         manifest = lookup.manifest
         existing = existing_manifest(out, staging, remote)
+        spark = None
+        if engine == 'spark':
+            from reweigh.pipeline.spark_session import spark_session
+
+            spark = spark_session(spark_master, progress=progress, app_name='reweigh curate')
         created = claim_output(out, existing, overwrite, remote)
         local_root = os.path.join(staging, 'out') if remote else out
         try:
             kept, dropped, examples, domains = {}, {}, {}, []
             total = sum(d.sequences.get('train', 0) for d in manifest.domains)
-            bar = tqdm(total=total, desc='curate', unit='sample', disable=not progress)
+            bar = tqdm(total=total, desc='curate', unit='sample', disable=not progress or spark is not None)
+            if spark is not None:
+                from reweigh.pipeline.spark_curate import curate_train
+
+                curated = curate_train(spark, lookup, keeps, out, local_root, remote, shards_per_task)
             for info in sorted(manifest.domains, key=lambda d: d.index):
-                k, dr, ex, ids = _curate_domain(lookup, info, keeps, out, local_root, remote, manifest, bar)
+                if spark is not None:
+                    k, dr, ex, ids = curated[info.name]
+                else:
+                    k, dr, ex, ids = _curate_domain(lookup, info, keeps, out, local_root, remote, manifest, bar)
                 kept[info.name], dropped[info.name], examples[info.name] = k, dr, ex
                 _write_ids(ids, os.path.join(local_root, CURATION_FOLDER, f'{info.name}.parquet'))
                 domains.append(replace(info, sequences={**info.sequences, 'train': k['samples']},
@@ -143,14 +164,29 @@ def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int]
     if remote:
         dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
     try:
-        writer = MDSWriter(out=dest, columns=manifest.mds['columns'], compression=manifest.mds.get('compression'),
-                           hashes=manifest.mds.get('hashes', HASHES),
-                           size_limit=manifest.config.get('shard_size_limit', 1 << 24), exist_ok=True)
+        writer = MDSWriter(out=dest, exist_ok=True, **mds_settings(manifest))
     except Exception as e:  # botocore/gcs/... raise their own error types
         raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
+    result = copy_kept(lookup.samples(info.name, 'train'), keeps, writer, bar)
+    try:
+        writer.finish()
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
+    return result  # to a remote out, MDSWriter uploaded the shards and removed its local copy
+
+
+def mds_settings(manifest: Any) -> dict[str, Any]:
+    """The ``MDSWriter`` settings of a curated copy: those the source dataset was written with."""
+    return {'columns': manifest.mds['columns'], 'compression': manifest.mds.get('compression'),
+            'hashes': manifest.mds.get('hashes', HASHES), 'size_limit': manifest.config.get('shard_size_limit', 1 << 24)}
+
+
+def copy_kept(samples: Iterable[dict[str, Any]], keeps: Callable[[int], bool], writer: Any,
+              bar: Any = None) -> tuple[dict[str, int], dict[str, int], list[int], list[int]]:
+    """Write the samples ``keeps`` keeps to ``writer``; return kept and dropped counts, dropped examples, kept ids."""
     kept, dropped = {'samples': 0, 'tokens': 0}, {'samples': 0, 'tokens': 0}
     ids, examples = [], []
-    for sample in lookup.samples(info.name, 'train'):
+    for sample in samples:
         sid = int(sample['sample_id'])
         counts = kept if keeps(sid) else dropped
         counts['samples'] += 1
@@ -161,12 +197,9 @@ def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int]
             ids.append(sid)
         elif len(examples) < 20:
             examples.append(sid)
-        bar.update(1)
-    try:
-        writer.finish()
-    except Exception as e:  # botocore/gcs/... raise their own error types
-        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
-    return kept, dropped, examples, ids  # to a remote out, MDSWriter uploaded the shards and removed its local copy
+        if bar is not None:
+            bar.update(1)
+    return kept, dropped, examples, ids
 
 
 def _write_ids(ids: list[int], path: str) -> None:

@@ -140,9 +140,13 @@ class SampleLookup:
         """
         rel = self.manifest.domain(domain).path(split)
         for shard in self.shards(rel):
-            raw = self._raw_shard(rel, shard)
-            for i in range(shard['samples']):
-                yield read_sample(raw, i, shard)
+            yield from self.shard_samples(rel, shard)
+
+    def shard_samples(self, rel: str, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every sample of one shard (an entry of :meth:`shards`) of stream ``rel``, in stored order."""
+        raw = self._raw_shard(rel, shard)
+        for i in range(shard['samples']):
+            yield read_sample(raw, i, shard)
 
     def _position(self, domain: int, split: str, index: int) -> int:
         """Where sequence ``index`` of ``split`` is stored: its index, or in a curated dataset its rank among

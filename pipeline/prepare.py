@@ -6,6 +6,9 @@ documents has both splits), else to ``train``. Within a split, documents are tok
 and packed into sequences of ``seq_len`` tokens (see :mod:`reweigh.pipeline.packing`), written as one
 MDS stream per split and domain (layout: :mod:`reweigh.pipeline.manifest`).
 
+With ``engine='spark'`` the same dataset is made by a Spark cluster (or ``local[*]``): see
+:mod:`reweigh.pipeline.spark_prepare` for how, and for how sample ids stay those of the local engine.
+
 Re-running with the same inputs and settings finds the complete dataset (same fingerprint in its
 manifest) and does nothing; an output holding anything else is an error unless ``overwrite=True``.
 
@@ -47,9 +50,11 @@ from reweigh.pipeline.packing import SequencePacker
 from reweigh.pipeline.sources import Document, DomainSpec, iter_documents
 from reweigh.pipeline.tokenizer import load_tokenizer, train_bpe_tokenizer
 
-__all__ = ['PrepareResult', 'prepare_dataset', 'prepare_default_corpus']
+__all__ = ['ENGINES', 'PrepareResult', 'check_counts', 'prepare_dataset', 'prepare_default_corpus']
 
 HASHES = ['sha1', 'xxh64']
+ENGINES = ('local', 'spark')
+"""Where the work runs: this process, or a Spark cluster."""
 _ENCODE_BATCH = 64
 
 
@@ -83,6 +88,10 @@ def prepare_dataset(
     overwrite: bool = False,
     progress: bool | None = None,
     source: str = '',
+    engine: str = 'local',
+    spark_master: str | None = None,
+    tokenizer_sample_bytes: int = 1 << 28,
+    sequences_per_task: int | None = None,
 ) -> PrepareResult:
     """Tokenise and pack ``domains`` into MDS shards under ``out`` (a local folder or a remote URI).
 
@@ -100,6 +109,15 @@ def prepare_dataset(
         overwrite (bool): Replace whatever ``out`` holds.
         progress (bool, optional): Show progress bars; default: when stderr is a terminal.
         source (str): Free-text description of the corpus, stored in the manifest.
+        engine (str): ``'local'`` (this process) or ``'spark'`` (Spark executors; needs ``reweigh[spark]``).
+            Both write the same sequences with the same sample ids.
+        spark_master (str, optional): Spark master URL for ``engine='spark'`` (default ``local[*]``, or the
+            active session's).
+        tokenizer_sample_bytes (int): With ``engine='spark'`` and no ``tokenizer``: the BPE is trained on
+            the driver on each domain's first documents, until this many bytes of text (the local engine
+            trains on everything).
+        sequences_per_task (int, optional): With ``engine='spark'``: sequences per write task (default:
+            about two shards' worth).
 
     Returns:
         PrepareResult: The manifest and whether the work was skipped.
@@ -107,7 +125,8 @@ def prepare_dataset(
     Raises:
         FileNotFoundError: If an input does not exist.
         ValueError: For an unreadable input, an empty domain, an unknown tokenizer, an unreachable or
-            unwritable remote, or an output holding another dataset without ``overwrite``.
+            unwritable remote, an output holding another dataset without ``overwrite``, or an unknown
+            engine (or, for ``'spark'``, no pyspark or Java).
     """
     start = time.perf_counter()
     out = str(out)
@@ -120,11 +139,16 @@ def prepare_dataset(
         raise ValueError(f'val_fraction must be in (0, 0.5], got {val_fraction}')
     if seq_len < 2:
         raise ValueError(f'seq_len must be at least 2, got {seq_len}')
+    if engine not in ENGINES:
+        raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+    sample_bytes = tokenizer_sample_bytes if engine == 'spark' and tokenizer is None else None
     progress = sys.stderr.isatty() if progress is None else progress
     val_every = max(2, round(1 / val_fraction))
     config = {'tokenizer': tokenizer, 'vocab_size': None if tokenizer else vocab_size, 'seq_len': seq_len,
               'val_fraction': val_fraction, 'val_every': val_every, 'compression': compression,
               'hashes': HASHES, 'shard_size_limit': shard_size_limit}
+    if sample_bytes is not None:
+        config['tokenizer_sample_bytes'] = sample_bytes
     fingerprint = hashlib.sha256(json.dumps(
         {'format_version': FORMAT_VERSION, 'config': config, 'domains': [d.fingerprint() for d in domains]},
         sort_keys=True, default=str).encode()).hexdigest()
@@ -136,18 +160,31 @@ def prepare_dataset(
             print(f'{out} already holds this dataset (fingerprint {fingerprint[:12]}); nothing to do.',
                   file=sys.stderr)
             return PrepareResult(existing, True, time.perf_counter() - start, 0)
+        spark = None
+        if engine == 'spark':
+            from reweigh.pipeline.spark_session import spark_session
+
+            spark = spark_session(spark_master, progress=progress, app_name='reweigh prepare')
         created = claim_output(out, existing, overwrite, remote)
         local_root = staging if remote else out
         try:
-            tok = _get_tokenizer(tokenizer, domains, vocab_size, progress)
+            tok = _get_tokenizer(tokenizer, domains, vocab_size, progress, sample_bytes)
             tok.save_pretrained(os.path.join(local_root, 'tokenizer'))
-            infos = []
-            os.makedirs(os.path.join(local_root, 'documents'), exist_ok=True)
-            for index, spec in enumerate(domains):
-                infos.append(_write_domain(spec, index, tok, seq_len, val_every, out, local_root, remote,
-                                           compression, shard_size_limit, progress))
+            if spark is not None:
+                from reweigh.pipeline.spark_prepare import write_domains
+
+                infos = write_domains(spark, domains, os.path.join(local_root, 'tokenizer'), tok.eos_token_id,
+                                      seq_len, val_every, out, local_root, remote, shards.columns(len(tok)),
+                                      compression, HASHES, shard_size_limit, sequences_per_task)
+            else:
+                infos = []
+                os.makedirs(os.path.join(local_root, 'documents'), exist_ok=True)
+                for index, spec in enumerate(domains):
+                    infos.append(_write_domain(spec, index, tok, seq_len, val_every, out, local_root, remote,
+                                               compression, shard_size_limit, progress))
             manifest = Manifest(
-                seq_len=seq_len, domains=infos, fingerprint=fingerprint, source=source, config=config,
+                seq_len=seq_len, domains=infos, fingerprint=fingerprint, source=source,
+                config={**config, 'engine': engine},
                 tokenizer={'path': 'tokenizer', 'source': tokenizer or 'byte-level BPE trained on this corpus',
                            'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
                            'pad_token_id': tok.pad_token_id, 'eos_token': tok.eos_token,
@@ -215,25 +252,37 @@ def claim_output(out: str, existing: Manifest | None, overwrite: bool, remote: b
     return True
 
 
-def _get_tokenizer(name: str | None, domains: Sequence[DomainSpec], vocab_size: int, progress: bool):
+def _get_tokenizer(name: str | None, domains: Sequence[DomainSpec], vocab_size: int, progress: bool,
+                   sample_bytes: int | None = None):
+    """Load ``name``, or train a BPE on every domain's documents (or each one's first ``sample_bytes``)."""
     if name is not None:
         return load_tokenizer(name)
     counts = {d.name: 0 for d in domains}
 
     def texts() -> Iterator[str]:
         for spec in domains:
+            used = 0
             for doc in tqdm(iter_documents(spec), desc=f'tokenizer: reading {spec.name}', unit='doc',
                             disable=not progress):
+                if sample_bytes is not None and used >= sample_bytes:
+                    break
                 if doc.text.strip():
                     counts[spec.name] += 1
+                    used += len(doc.text.encode('utf-8'))
                     yield doc.text
 
     tok = train_bpe_tokenizer(texts(), vocab_size=vocab_size)
-    _check_counts(domains, counts)
+    if sample_bytes is None:  # a sample does not count every document; the engine checks them
+        check_counts(domains, counts)
     return tok
 
 
-def _check_counts(domains: Sequence[DomainSpec], counts: dict[str, int]) -> None:
+def check_counts(domains: Sequence[DomainSpec], counts: dict[str, int]) -> None:
+    """Check that every domain has at least two non-empty documents (``counts`` by domain name).
+
+    Raises:
+        ValueError: Naming the first domain with none or one.
+    """
     for spec in domains:
         if counts[spec.name] == 0:
             raise ValueError(f'domain {spec.name!r} is empty: {spec.describe()} has no non-empty documents')
@@ -294,7 +343,7 @@ def _write_domain(spec: DomainSpec, index: int, tok: Any, seq_len: int, val_ever
     bar.close()
     for split in SPLITS:
         write(split, packers[split].finish())
-    _check_counts([spec], {spec.name: len(table['doc_id'])})
+    check_counts([spec], {spec.name: len(table['doc_id'])})
     for split in SPLITS:
         try:
             writers[split].finish()

@@ -31,7 +31,7 @@ from reweigh.safety.names import check_relative_path
 
 __all__ = [
     'ENCODINGS', 'INDEX_VERSION', 'check_columns', 'check_index', 'columns', 'decompress', 'hash_hex', 'is_compression',
-    'read_index', 'read_sample',
+    'merge_indexes', 'read_index', 'read_sample',
 ]
 
 ENCODINGS: dict[str, tuple[str, ...]] = {
@@ -119,6 +119,33 @@ def check_index(index: Any, expected: Mapping[str, str], where: str) -> list[dic
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise ValueError(f'{at}: samples must be a count, got {samples!r}')
     return shards
+
+
+def merge_indexes(parts: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One MDS index of several MDS folders written side by side in a stream's folder, in the order given.
+
+    Each shard's file names get its folder's name in front, as Streaming's ``merge_index`` does, so readers
+    find ``{stream}/{folder}/shard.00000.mds.zstd``; the samples of the first folder come first.
+
+    Args:
+        parts: ``(folder name, parsed index.json)`` of each folder.
+
+    Example:
+        >>> shard = {'raw_data': {'basename': 'shard.00000.mds'}, 'zip_data': None, 'samples': 2}
+        >>> merged = merge_indexes([('00000', {'version': 2, 'shards': [shard]}),
+        ...                         ('00001', {'version': 2, 'shards': [shard]})])
+        >>> [s['raw_data']['basename'] for s in merged['shards']]
+        ['00000/shard.00000.mds', '00001/shard.00000.mds']
+    """
+    merged = []
+    for folder, index in parts:
+        for shard in index['shards']:
+            shard = dict(shard)
+            for key in ('raw_data', 'zip_data', 'raw_meta', 'zip_meta'):
+                if shard.get(key):
+                    shard[key] = {**shard[key], 'basename': f'{folder}/{shard[key]["basename"]}'}
+            merged.append(shard)
+    return {'version': INDEX_VERSION, 'shards': merged}
 
 
 def read_index(path: str, expected: Mapping[str, str], where: str | None = None) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""Input readers: each domain's documents from local text/JSONL/Parquet files and folders or a ``datasets`` name.
+"""Input readers: each domain's documents from text/JSONL/Parquet files and folders (local or in object storage)
+or a ``datasets`` name.
 
-A domain is given as ``NAME=SPEC`` where ``SPEC`` is a local file or folder, or ``hf:PATH[:CONFIG][@SPLIT]``
-for a Hugging Face ``datasets`` dataset (``hf:allenai/c4:en@train``). A YAML file can list domains with
-options: ``{domains: {code: src/, web: {hf: json, data_files: web.jsonl, text_field: body}}}``.
+A domain is given as ``NAME=SPEC`` where ``SPEC`` is a local file or folder, an object or prefix in object
+storage (``s3://bucket/corpus/web/``, ``gs://...``; each object is downloaded, read and deleted in turn),
+or ``hf:PATH[:CONFIG][@SPLIT]`` for a Hugging Face ``datasets`` dataset (``hf:allenai/c4:en@train``). A
+YAML file can list domains with options: ``{domains: {code: src/, web: {hf: json, data_files: web.jsonl, text_field: body}}}``.
 
 In a folder every file (sorted, hidden ones skipped) is read by its suffix: ``.jsonl``/``.ndjson`` as one
 JSON object per line, ``.parquet`` by rows, anything else as UTF-8 text, one document per file (folder
@@ -22,14 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from reweigh.pipeline import storage
 from reweigh.safety.names import check_name
 
-__all__ = ['Document', 'DomainSpec', 'iter_documents', 'load_domains_file', 'parse_domain_arg']
+__all__ = ['Document', 'DomainSpec', 'iter_documents', 'iter_file', 'list_files', 'load_domains_file', 'parse_domain_arg']
 
 _JSONL_SUFFIXES = ('.jsonl', '.ndjson')
 _PARQUET_SUFFIXES = ('.parquet',)
@@ -72,20 +76,24 @@ class DomainSpec:
         check_name('domain name', self.name)  # it names folders and object keys of the dataset
         if self.kind not in ('path', 'hf', 'documents'):
             raise ValueError(f'domain {self.name!r}: unknown kind {self.kind!r}')
-        if self.kind == 'path' and not Path(self.location).exists():
+        if self.kind == 'path' and not storage.is_remote(self.location) and not Path(self.location).exists():
             raise FileNotFoundError(f'domain {self.name!r}: input {self.location!r} does not exist')
         if self.kind == 'documents' and self.factory is None:
             raise ValueError(f'domain {self.name!r}: kind "documents" needs a factory')
 
     def fingerprint(self) -> dict[str, Any]:
-        """JSON data that changes when the domain's input changes (paths, sizes, mtimes, options)."""
+        """JSON data that changes when the domain's input changes (paths, sizes, mtimes, options; for an
+        object-store input, the object names only)."""
         data: dict[str, Any] = {'name': self.name, 'kind': self.kind, 'location': self.location,
                                 'text_field': self.text_field, 'options': self.options}
         if self.kind == 'path':
             digest = hashlib.sha256()
-            for path in _list_files(Path(self.location)):
-                st = path.stat()
-                digest.update(f'{path}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+            for path in list_files(self.location):
+                if storage.is_remote(path):
+                    digest.update(f'{path}\n'.encode())
+                else:
+                    st = os.stat(path)
+                    digest.update(f'{path}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
             data['files'] = digest.hexdigest()
         elif self.kind == 'documents':
             data['content'] = self.fingerprint_data
@@ -145,7 +153,7 @@ def load_domains_file(path: str | os.PathLike) -> list[DomainSpec]:
         raise ValueError(f'{path}: expected a mapping with a non-empty "domains:" mapping of NAME: SPEC')
 
     def resolve(p: str) -> str:
-        return p if os.path.isabs(p) else str(path.parent / p)
+        return p if os.path.isabs(p) or storage.is_remote(p) else str(path.parent / p)
 
     specs = []
     for name, value in cfg['domains'].items():
@@ -181,40 +189,69 @@ def iter_documents(spec: DomainSpec) -> Iterator[Document]:
     elif spec.kind == 'hf':
         yield from _iter_hf(spec)
     else:
-        root = Path(spec.location)
-        if not root.exists():
+        files = list_files(spec.location)
+        if not files:
             raise FileNotFoundError(f'domain {spec.name!r}: input {spec.location!r} does not exist')
-        for path in _list_files(root):
-            yield from _iter_file(path, spec, strict=root.is_file())
+        for path in files:
+            yield from iter_file(path, spec, strict=files == [spec.location])
 
 
-def _list_files(root: Path) -> list[Path]:
+def list_files(location: str | os.PathLike) -> list[str]:
+    """The files a ``path`` domain reads, in reading order: ``location`` itself if it is a file (or object),
+    else the files under it sorted by path, hidden ones skipped; local or ``s3://``, ``gs://``, ...
+
+    Raises:
+        ValueError: If an object store cannot be listed.
+    """
+    location = str(location)
+    if storage.is_remote(location):
+        return storage.list_objects(location)
+    root = Path(location)
     if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob('*')
-                  if p.is_file() and not any(part.startswith('.') for part in p.relative_to(root).parts))
+        return [location]
+    if not root.exists():
+        return []
+    return [str(p) for p in sorted(p for p in root.rglob('*')
+                                   if p.is_file() and not any(part.startswith('.') for part in p.relative_to(root).parts))]
 
 
-def _iter_file(path: Path, spec: DomainSpec, strict: bool) -> Iterator[Document]:
+def iter_file(path: str, spec: DomainSpec, strict: bool) -> Iterator[Document]:
+    """The documents of one file (or object, downloaded first) of ``spec``'s input, read by its suffix.
+
+    Args:
+        path: The file's path or URI; documents' sources are named after it.
+        spec: Its domain (for the text field and messages).
+        strict: Whether a file that is not UTF-8 text is an error (a named file) or skipped (in a folder).
+    """
+    if storage.is_remote(path):
+        with tempfile.TemporaryDirectory(prefix='reweigh-input-') as tmp:
+            local = os.path.join(tmp, 'input' + PurePosixPath(path).suffix)
+            storage.download(path, local)
+            yield from _read_file(Path(local), path, spec, strict)
+    else:
+        yield from _read_file(Path(path), path, spec, strict)
+
+
+def _read_file(path: Path, name: str, spec: DomainSpec, strict: bool) -> Iterator[Document]:
     suffix = path.suffix.lower()
     try:
         if suffix in _JSONL_SUFFIXES:
-            yield from _iter_jsonl(path, spec)
+            yield from _iter_jsonl(path, name, spec)
         elif suffix in _PARQUET_SUFFIXES:
-            yield from _iter_parquet(path, spec)
+            yield from _iter_parquet(path, name, spec)
         else:
             try:
                 text = path.read_text(encoding='utf-8')
             except UnicodeDecodeError as e:
                 if strict:
-                    raise ValueError(f'domain {spec.name!r}: {path} is not UTF-8 text ({e})') from e
+                    raise ValueError(f'domain {spec.name!r}: {name} is not UTF-8 text ({e})') from e
                 return
-            yield Document(str(path), text)
+            yield Document(name, text)
     except PermissionError as e:
-        raise ValueError(f'domain {spec.name!r}: cannot read {path}: {e}') from e
+        raise ValueError(f'domain {spec.name!r}: cannot read {name}: {e}') from e
 
 
-def _iter_jsonl(path: Path, spec: DomainSpec) -> Iterator[Document]:
+def _iter_jsonl(path: Path, name: str, spec: DomainSpec) -> Iterator[Document]:
     with open(path, encoding='utf-8') as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -222,24 +259,24 @@ def _iter_jsonl(path: Path, spec: DomainSpec) -> Iterator[Document]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f'domain {spec.name!r}: {path}:{lineno} is not valid JSON ({e})') from e
-            yield Document(f'{path}:{lineno}', _text_of(row, spec, f'{path}:{lineno}'))
+                raise ValueError(f'domain {spec.name!r}: {name}:{lineno} is not valid JSON ({e})') from e
+            yield Document(f'{name}:{lineno}', _text_of(row, spec, f'{name}:{lineno}'))
 
 
-def _iter_parquet(path: Path, spec: DomainSpec) -> Iterator[Document]:
+def _iter_parquet(path: Path, name: str, spec: DomainSpec) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for bad files
-        raise ValueError(f'domain {spec.name!r}: {path} is not a readable Parquet file ({e})') from e
+        raise ValueError(f'domain {spec.name!r}: {name} is not a readable Parquet file ({e})') from e
     if spec.text_field not in pf.schema_arrow.names:
-        raise ValueError(f'domain {spec.name!r}: {path} has no column {spec.text_field!r} '
+        raise ValueError(f'domain {spec.name!r}: {name} has no column {spec.text_field!r} '
                          f'(columns: {pf.schema_arrow.names}); set the text field')
     row = 0
     for batch in pf.iter_batches(columns=[spec.text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
-            yield Document(f'{path}#{row}', text or '')
+            yield Document(f'{name}#{row}', text or '')
             row += 1
 
 

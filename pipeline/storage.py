@@ -13,7 +13,7 @@ import os
 import posixpath
 import urllib.parse
 
-__all__ = ['check_writable', 'download', 'is_remote', 'join', 'upload']
+__all__ = ['check_writable', 'download', 'is_remote', 'join', 'list_objects', 'upload']
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -48,6 +48,33 @@ def download(remote: str, local: str, timeout: float = 60.0) -> None:
         if 'nosuchkey' in message or '404' in message or 'not found' in message:
             raise FileNotFoundError(f'{remote} does not exist') from e
         raise ValueError(f'cannot read {remote}: {type(e).__name__}: {e}') from e
+
+
+def list_objects(uri: str) -> list[str]:
+    """URIs of the objects at ``uri``: ``[uri]`` if it is an object, else the objects under ``uri/``, those
+    with a hidden (``.``) path component skipped, sorted by path components as a local folder's files are.
+
+    Raises:
+        ValueError: If the store cannot be listed (the message names ``uri``).
+    """
+    import tempfile
+
+    parsed = urllib.parse.urlparse(uri)
+    prefix = parsed.path.strip('/')
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # Listed from the bucket's root with the prefix as given: Streaming's listing under a path adds a '/'.
+            keys = _uploader(tmp, f'{parsed.scheme}://{parsed.netloc}').list_objects(prefix) or []
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot list {uri}: {type(e).__name__}: {e}') from e
+    if prefix in keys:
+        return [uri]
+    found = []
+    for key in keys:
+        parts = (key[len(prefix) + 1:] if prefix else key).split('/')
+        if (not prefix or key.startswith(prefix + '/')) and all(parts) and not any(p.startswith('.') for p in parts):
+            found.append((parts, f'{parsed.scheme}://{parsed.netloc}/{key}'))
+    return [found_uri for _, found_uri in sorted(found)]
 
 
 def upload(local_root: str, remote_root: str, relative_paths: list[str]) -> None:

@@ -2,9 +2,11 @@
 
 Prepares the default corpus with short sequences (many samples; once, in --work), writes a one-step history
 that gives every training sample a pseudo-random weight, then times the command end to end (reading the
-history, the rules, streaming the shards, writing the copy and the report) and the dataset copy alone.
+history, the rules, streaming the shards, writing the copy and the report) and the dataset copy alone, with
+the local engine and, given ``--spark-master``, the Spark engine (its session started before the clock).
 
     .venv/bin/python scripts/bench_curate.py [--seq-len 16] [--bytes 3000000] [--work /tmp/reweigh-bench-curate]
+        [--spark-master local[2]]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main_() -> None:
     parser.add_argument('--seq-len', type=int, default=16)
     parser.add_argument('--bytes', type=int, default=3_000_000, help='text per domain')
     parser.add_argument('--work', default='/tmp/reweigh-bench-curate')
+    parser.add_argument('--spark-master', help='also time the Spark engine on this master, e.g. local[2]')
     args = parser.parse_args()
     work = Path(args.work)
     data = work / 'data'
@@ -62,15 +65,25 @@ def main_() -> None:
     assert main(['curate', str(run), '--out', str(out), '--drop-below', '0.8', '--report', str(work / 'report')]) == 0
     command_s = time.perf_counter() - start
 
-    copies = []
-    for _ in range(3):
-        shutil.rmtree(out, ignore_errors=True)
-        result = curate_dataset(str(data), str(out), lambda sid: sid % 2 == 0, {}, progress=False)
-        copies.append(result.seconds)
-    copy_s = sorted(copies)[1]
+    def copy(**engine) -> float:
+        copies = []
+        for _ in range(3):
+            shutil.rmtree(out, ignore_errors=True)
+            result = curate_dataset(str(data), str(out), lambda sid: sid % 2 == 0, {}, progress=False, **engine)
+            copies.append(result.seconds)
+        return sorted(copies)[1]
+
+    copy_s = copy()
     print(f'\ncurate throughput, {samples:,} training samples of {args.seq_len} tokens ({os.cpu_count()} CPUs):')
     print(f'  reweigh curate (history, rules, copy, report): {command_s:.2f} s, {samples / command_s:,.0f} samples/s')
     print(f'  curate_dataset alone (median of 3):             {copy_s:.2f} s, {samples / copy_s:,.0f} samples/s')
+    if args.spark_master:
+        from reweigh.pipeline.spark_session import spark_session
+
+        spark_session(args.spark_master)
+        spark_s = copy(engine='spark', spark_master=args.spark_master)
+        print(f'  curate_dataset alone, spark {args.spark_master} (median of 3): {spark_s:.2f} s, '
+              f'{samples / spark_s:,.0f} samples/s, {copy_s / spark_s:.2f}x the local engine')
 
 
 if __name__ == '__main__':

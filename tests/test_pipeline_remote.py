@@ -73,6 +73,52 @@ def test_prepare_to_object_storage_and_stream_back_equals_local(scheme, small_da
     assert [remote_lookup.documents(s) for s in sids] == [local_lookup.documents(s) for s in sids]
 
 
+def upload_corpus(scheme: str, folder, prefix: str) -> None:
+    """Upload every file under ``folder`` to ``{scheme}://reweigh/{prefix}/...`` with Streaming's uploader."""
+    from reweigh.pipeline import storage
+
+    files = [str(p.relative_to(folder)) for p in sorted(folder.rglob('*')) if p.is_file()]
+    storage.upload(str(folder), f'{scheme}://reweigh/{prefix}', files)
+
+
+@pytest.mark.parametrize('scheme', sorted(STORES))
+def test_inputs_in_object_storage_give_the_dataset_of_the_same_files_on_disk(scheme, tmp_path, capsys, request):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reweigh.pipeline import parse_domain_arg, prepare_dataset
+
+    request.getfixturevalue(STORES[scheme][0])
+    web = tmp_path / 'inputs' / 'web'
+    (web / 'pages').mkdir(parents=True)
+    (web / 'a.txt').write_text('plain text page\n' * 40)
+    (web / 'pages' / 'b.jsonl').write_text(''.join(json.dumps({'text': f'row {i} ' * 30}) + '\n' for i in range(9)))
+    pq.write_table(pa.table({'text': [f'parquet row {i} ' * 20 for i in range(7)]}), web / 'c.parquet')
+    for folder, text in (('d', 'in d/ '), ('d-e', 'in d-e/ ')):  # d/ before d-e/ on disk, not as plain strings
+        (web / folder).mkdir()
+        (web / folder / 'x.txt').write_text(text * 50)
+    (web / '.hidden').write_text('never read')
+    (tmp_path / 'inputs' / 'web2').mkdir()
+    (tmp_path / 'inputs' / 'web2' / 'x.txt').write_text('a sibling prefix, never read')
+    upload_corpus(scheme, tmp_path / 'inputs', 'inputs')
+    settings = dict(vocab_size=300, seq_len=32, progress=False)
+
+    disk = prepare_dataset([parse_domain_arg(f'web={web}')], tmp_path / 'disk', **settings)
+    remote = prepare_dataset([parse_domain_arg(f'web={scheme}://reweigh/inputs/web')], tmp_path / 'remote', **settings)
+    assert remote.manifest.domains[0].sequences == disk.manifest.domains[0].sequences
+    a, b = SampleLookup(tmp_path / 'disk'), SampleLookup(tmp_path / 'remote')
+    for split in ('train', 'val'):
+        assert [s['input_ids'].tolist() for s in a.samples('web', split)] == \
+            [s['input_ids'].tolist() for s in b.samples('web', split)]
+    sources = pq.read_table(tmp_path / 'remote' / 'documents' / 'web.parquet')['source'].to_pylist()
+    assert sources[0] == f'{scheme}://reweigh/inputs/web/a.txt' and sources[-1] == f'{scheme}://reweigh/inputs/web/pages/b.jsonl:9'
+
+    assert main(['prepare', '--domain', f'web={scheme}://reweigh/inputs/nothing', '--out', str(tmp_path / 'x')]) == 2
+    assert "input 's3://reweigh/inputs/nothing' does not exist" in capsys.readouterr().err.replace(scheme + '://', 's3://')
+
+
 def test_missing_bucket_is_a_clear_error(s3_env, tmp_path):
     with pytest.raises(ValueError, match='remote s3://no-such-bucket/data is unreachable or not writable'):
         prepare_default_corpus('s3://no-such-bucket/data', **SMALL)

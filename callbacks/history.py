@@ -39,7 +39,7 @@ from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, Re
 
 log = logging.getLogger(__name__)
 
-__all__ = ['HistoryChunk', 'HistoryWriter', 'LossHistory']
+__all__ = ['HistoryChunk', 'HistoryWriter', 'LossHistory', 'to_host_async']
 
 class HistoryChunk(NamedTuple):
     """One microbatch of rows for :class:`HistoryWriter` (tensors on the host, or being copied there)."""
@@ -280,8 +280,8 @@ class LossHistory(Callback):
         floats = torch.stack([per_sample[c].reshape(n).float() for c in FLOAT_COLUMNS])
         ready = None
         if ints.is_cuda:
-            ints = _to_host_async(ints)
-            floats = _to_host_async(floats)
+            ints = to_host_async(ints)
+            floats = to_host_async(floats)
             ready = torch.cuda.Event()
             ready.record()
         self._writer.put(
@@ -332,7 +332,9 @@ class LossHistory(Callback):
         self._uploaded = len(finished)
 
 
-def _to_host_async(t: torch.Tensor) -> torch.Tensor:
+def to_host_async(t: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of the CUDA tensor ``t``, started without waiting for it (record an event to know
+    when it is ready)."""
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     host.copy_(t, non_blocking=True)
     return host

@@ -1,0 +1,308 @@
+"""Loss-based sample reweighting in a Hugging Face ``transformers.Trainer``.
+
+:class:`ReweighTrainer` is a ``Trainer`` whose training loss is reweighted with reweigh's functional core
+(:func:`~reweigh.algorithms.per_sample_loss`, :func:`~reweigh.algorithms.compute_sample_weights`,
+:func:`~reweigh.algorithms.reweighted_loss`), as :class:`~reweigh.algorithms.LossReweighting` does in
+Composer: the same weights, the same metrics (``loss_reweighting/...`` in the Trainer's logs) and, with
+``history_folder``, the same per-sample loss history (see :mod:`reweigh.analysis.format`). It needs
+``accelerate``, as every ``Trainer`` does.
+
+Example:
+    >>> import tempfile, torch, transformers
+    >>> from datasets import Dataset
+    >>> from reweigh.integrations.transformers import ReweighTrainer
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    >>> ids = torch.randint(0, 64, (8, 16)).tolist()
+    >>> data = Dataset.from_dict({'input_ids': ids, 'labels': ids, 'sample_id': list(range(8)), 'domain': [0, 1] * 4})
+    >>> args = transformers.TrainingArguments(
+    ...     tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=4, report_to='none', use_cpu=True,
+    ...     disable_tqdm=True, log_level='error',
+    ... )
+    >>> trainer = ReweighTrainer(
+    ...     model=transformers.GPT2LMHeadModel(config), args=args, train_dataset=data,
+    ...     strategy='linupper', r=1.0, warmup=1, history_folder=tempfile.mkdtemp(),
+    ... )
+    >>> result = trainer.train()  # doctest: +ELLIPSIS
+    {'train_runtime': ..., 'loss_reweighting/weight_entropy': ..., 'loss_reweighting/active': 0.5, 'epoch': 1.0}
+    >>> last = trainer.last_microbatch
+    >>> last.active, last.weights.shape, round(float(last.weights.sum()), 4)
+    (True, torch.Size([4]), 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from reweigh.algorithms.gather import gather_global_batch
+from reweigh.algorithms.loss_reweighting import MicrobatchWeights
+from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
+from reweigh.algorithms.weights import (
+    WeightStats,
+    compute_sample_weights,
+    token_normalize_weights,
+    validate_weight_args,
+    weight_stats,
+)
+from reweigh.analysis.format import FLOAT_COLUMNS, INT_COLUMNS, truncate_history
+from reweigh.callbacks.history import HistoryChunk, HistoryWriter, to_host_async
+
+__all__ = ['ID_COLUMNS', 'ReweighTrainer']
+
+ID_COLUMNS = ('sample_id', 'domain')
+"""Dataset columns kept for the loss history (never passed to the model)."""
+
+_METRIC_PREFIX = 'loss_reweighting'
+_MAX_QUEUED_CHUNKS = 4096
+
+
+class ReweighTrainer(transformers.Trainer):
+    """A ``transformers.Trainer`` with dynamic loss-based sample reweighting (Sow et al., ICLR 2025).
+
+    For each training microbatch the per-sample losses (mean next-token cross-entropy, labels aligned with
+    ``input_ids``) are gathered over all processes, turned into weights summing to 1 over the global
+    microbatch, and this process backpropagates ``world_size * sum_i w_i l_i`` over its own samples, so that
+    after DDP's gradient averaging the update is ``sum_i w_i grad(l_i)`` over the global microbatch. The
+    weights are constants in the backward pass. With gradient accumulation each microbatch's loss is
+    divided by the number of accumulated microbatches, as the ``Trainer`` does for a model without loss
+    kwargs: the update of a step is the mean over its microbatches of ``sum_i w_i grad(l_i)``.
+
+    * Warm-up (the first ``warmup`` optimizer steps) and ``strategy='uniform'``: the model computes its own
+      loss exactly as in a plain ``Trainer`` (so such training equals plain training bit for bit); the
+      per-sample losses are computed on the side, without gradient, for the metrics and the history.
+    * Reweighting: the model is called without ``labels`` and the cross-entropy is computed once, per
+      sample, from its logits (no second loss pass, no copy of the logits).
+    * ``sample_id`` and ``domain`` columns survive ``remove_unused_columns``; they are removed from the
+      inputs before the forward and recorded in the history.
+    * Logged with the Trainer's own logs (averaged over the microbatches since the previous log):
+      ``loss_reweighting/`` ``weight_entropy``, ``ess``, ``weight_min``, ``weight_max`` (min and max),
+      ``nonfinite_losses`` (summed), ``mean_loss`` (the plain mean per-sample loss), ``r`` and ``active``.
+      Values stay on the device between logs; nothing in a training step waits for the device.
+    * Evaluation is untouched.
+
+    Args:
+        *args: Positional arguments of ``transformers.Trainer``.
+        strategy (str): A registered strategy: ``'uniform'``, ``'linupper'`` (the paper's best),
+            ``'quadratic'``, ``'extremes'``, ``'upper'``, or one added with
+            :func:`~reweigh.algorithms.register_strategy`. Default: ``'linupper'``.
+        r (float): Softmax temperature, ``> 0``; large values tend to uniform. Default: ``1.0``.
+        delta (float): Half-width of the loss normalisation interval, ``> 0``. Default: ``1.0``.
+        warmup (int): Optimizer steps (``state.global_step``) of plain training before reweighting starts
+            (the paper's ``burnout_steps``). Default: ``1000``.
+        r_schedule (Callable[[int], float], optional): Multiplier on ``r`` as a function of
+            ``state.global_step``, e.g. ``lambda step: max(1.0, 10.0 - step / 200)``. Default: constant ``r``.
+        token_normalize (bool): Fold token counts into the weights (``w_i n_i / sum w_j n_j``), so that
+            uniform weights give the token-mean loss. Default: ``False`` (sample-mean).
+        history_folder (str | os.PathLike, optional): Write every training sample's loss and weight per
+            step there, one ``rank{N}`` folder per process (N the global process index), in the format of
+            :class:`~reweigh.callbacks.LossHistory`. Parts are written at each log, each checkpoint and
+            the end of ``train()``; a resumed run first drops the rows at or past its resumption step.
+            Default: no history.
+        **kwargs: Keyword arguments of ``transformers.Trainer``.
+
+    Raises:
+        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, a negative ``warmup``, a
+            non-callable ``r_schedule``, or reweighting combined with ``compute_loss_func`` or label smoothing
+            (the reweighted loss is plain cross-entropy).
+
+    Example:
+        >>> from reweigh.integrations.transformers import ReweighTrainer
+        >>> # trainer = ReweighTrainer(model=model, args=args, train_dataset=data, strategy='linupper', warmup=1000)
+        >>> ReweighTrainer(strategy='linupper', r=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: r must be a finite number > 0, got 0.0.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        strategy: str = 'linupper',
+        r: float = 1.0,
+        delta: float = 1.0,
+        warmup: int = 1000,
+        r_schedule: Callable[[int], float] | None = None,
+        token_normalize: bool = False,
+        history_folder: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> None:
+        validate_weight_args(strategy, r, delta)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f'warmup must be a number of optimizer steps >= 0, got {warmup!r}.')
+        if r_schedule is not None and not callable(r_schedule):
+            raise ValueError(f'r_schedule must be a callable of the global step, got {r_schedule!r}.')
+        super().__init__(*args, **kwargs)
+        if strategy != 'uniform' and (self.compute_loss_func is not None or self.label_smoother is not None):
+            raise ValueError(
+                'ReweighTrainer reweights the plain per-sample cross-entropy; compute_loss_func and '
+                'label_smoothing_factor can only be used with strategy="uniform".',
+            )
+        self.strategy = strategy
+        self.r = float(r)
+        self.delta = float(delta)
+        self.warmup = warmup
+        self.r_schedule = r_schedule
+        self.token_normalize = bool(token_normalize)
+        self.history_folder = None if history_folder is None else Path(history_folder)
+        self.last_microbatch: MicrobatchWeights | None = None
+        """What this process used in the latest training microbatch (its losses and slice of the weights)."""
+        self._sums: torch.Tensor | None = None  # entropy, ESS, mean loss, non-finite count: summed since the last log
+        self._extremes: torch.Tensor | None = None  # -(smallest weight), largest weight since the last log
+        self._count = 0  # microbatches since the last log, and the sums of their r and active
+        self._r_sum = 0.0
+        self._active_count = 0
+        self._history: HistoryWriter | None = None
+        self._history_step = -1
+        self._microbatch = 0
+
+    def current_r(self, step: int) -> float:
+        """The temperature at optimizer step ``step``: ``r`` times ``r_schedule(step)`` if one is set.
+
+        Raises:
+            ValueError: If the schedule yields a temperature that is not > 0.
+        """
+        if self.r_schedule is None:
+            return self.r
+        r = self.r * float(self.r_schedule(step))
+        if not r > 0:
+            raise ValueError(f'r_schedule gave r = {r} at step {step}; r must stay > 0.')
+        return r
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [c for c in ID_COLUMNS if c not in self._signature_columns]
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        ids = {key: inputs.pop(key) for key in ID_COLUMNS if key in inputs}
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.get('labels')
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError('ReweighTrainer needs "labels" (aligned with input_ids) in every training batch.')
+        step = self.state.global_step
+        active = self.strategy != 'uniform' and step >= self.warmup
+        if active:
+            outputs = model(**{k: v for k, v in inputs.items() if k != 'labels'})
+            per_sample = per_sample_loss(outputs['logits'], labels)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            with torch.no_grad():
+                per_sample = per_sample_loss(outputs['logits'].detach(), labels)
+
+        r = self.current_r(step)
+        batch = gather_global_batch(per_sample.loss, per_sample.tokens, self._train_batch_size)
+        weights = compute_sample_weights(batch.losses, self.strategy if active else 'uniform', r, self.delta)
+        if self.token_normalize:
+            weights = token_normalize_weights(weights, batch.tokens)
+        local = weights[batch.local]
+        if active:
+            loss = reweighted_loss(per_sample.loss, local, self.accelerator.num_processes)
+            if self._step_leaves_loss_unscaled(num_items_in_batch):
+                loss = loss / getattr(self, 'current_gradient_accumulation_steps', self.args.gradient_accumulation_steps)
+
+        self.last_microbatch = MicrobatchWeights(per_sample.loss.detach().float(), per_sample.tokens, local, r, active)
+        self._accumulate(weight_stats(weights, batch.losses, batch.valid), r, active)
+        if self.history_folder is not None:
+            self._record(step, ids, per_sample, local, r, active)
+        return (loss, outputs) if return_outputs else loss
+
+    def _step_leaves_loss_unscaled(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """Whether ``training_step`` leaves the loss undivided by the accumulation steps: for a model that takes
+        loss kwargs it expects the loss to be a sum over the accumulated tokens already. transformers 4.51 does
+        so always; later versions (those with ``current_gradient_accumulation_steps``) only when they counted
+        the tokens (``num_items_in_batch``)."""
+        if not self.model_accepts_loss_kwargs:
+            return False
+        return num_items_in_batch is not None or not hasattr(self, 'current_gradient_accumulation_steps')
+
+    def _accumulate(self, stats: WeightStats, r: float, active: bool) -> None:
+        """Add a microbatch's statistics to the running ones, on the device (bounded memory however rarely it logs)."""
+        sums = torch.stack([stats.entropy, stats.ess, stats.mean_loss, stats.nonfinite])
+        extremes = torch.stack([-stats.min, stats.max])
+        if self._sums is None or self._extremes is None:
+            self._sums, self._extremes = sums, extremes
+        else:
+            self._sums, self._extremes = self._sums + sums, torch.maximum(self._extremes, extremes)
+        self._count += 1
+        self._r_sum += r
+        self._active_count += active
+
+    def _record(self, step: int, ids: dict[str, Any], per_sample: PerSampleLoss, weights: torch.Tensor, r: float,
+                active: bool) -> None:
+        """Queue this microbatch's rows for the history writer (copied off the device asynchronously)."""
+        if self._history is None:
+            self._history = self._open_history(step)
+        if step != self._history_step:
+            self._history_step, self._microbatch = step, 0
+        n = weights.shape[0]
+        missing = torch.full((n,), -1, dtype=torch.int64, device=weights.device)
+        columns = {
+            'sample_id': ids.get('sample_id', missing), 'domain': ids.get('domain', missing), 'tokens': per_sample.tokens,
+            'loss': per_sample.loss.detach(), 'weight': weights,
+        }
+        ints = torch.stack([torch.as_tensor(columns[c], device=weights.device).reshape(n).long() for c in INT_COLUMNS])
+        floats = torch.stack([columns[c].reshape(n).float() for c in FLOAT_COLUMNS])
+        ready = None
+        if ints.is_cuda:
+            ints, floats = to_host_async(ints), to_host_async(floats)
+            ready = torch.cuda.Event()
+            ready.record()
+        self._history.put(HistoryChunk(step, self._microbatch, ints, floats, r, active, ready))
+        self._microbatch += 1
+
+    def _open_history(self, resume_step: int) -> HistoryWriter:
+        rank = self.args.process_index
+        folder = self.history_folder / f'rank{rank}'
+        folder.mkdir(parents=True, exist_ok=True)
+        truncate_history(folder, resume_step)
+        metadata = json.dumps({
+            'run_name': self.args.run_name, 'strategy': self.strategy, 'r': self.r, 'delta': self.delta,
+            'warmup': f'{self.warmup}ba', 'token_normalize': self.token_normalize,
+            'world_size': self.accelerator.num_processes,
+        })
+        return HistoryWriter(folder, rank, {b'reweigh': metadata.encode()}, _MAX_QUEUED_CHUNKS)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the reweighting metrics since the previous log to ``logs`` and write the history's pending rows."""
+        if self._sums is not None and self._extremes is not None:
+            count = self._count
+            entropy, ess, mean_loss, nonfinite, neg_min, max_ = torch.cat([self._sums, self._extremes]).tolist()
+            logs.update({
+                f'{_METRIC_PREFIX}/weight_entropy': entropy / count, f'{_METRIC_PREFIX}/ess': ess / count,
+                f'{_METRIC_PREFIX}/weight_min': -neg_min, f'{_METRIC_PREFIX}/weight_max': max_,
+                f'{_METRIC_PREFIX}/nonfinite_losses': nonfinite, f'{_METRIC_PREFIX}/mean_loss': mean_loss / count,
+                f'{_METRIC_PREFIX}/r': self._r_sum / count, f'{_METRIC_PREFIX}/active': self._active_count / count,
+            })
+            self._sums = self._extremes = None
+            self._count, self._r_sum, self._active_count = 0, 0.0, 0
+        if self._history is not None:
+            self._history.flush(wait=False)
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        super()._save_checkpoint(*args, **kwargs)
+        if self._history is not None:  # the history on disk covers every step up to the checkpoint
+            self._history.flush(wait=True)
+
+    def train(self, *args: Any, **kwargs: Any) -> transformers.trainer_utils.TrainOutput:
+        """``transformers.Trainer.train``, writing the rest of the history when training ends or fails."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._history is not None:
+                self._history.close()
+                self._history = None

@@ -220,6 +220,12 @@ class ReweighTrainer(transformers.Trainer):
             self._record(step, ids, per_sample, local, r, active)
         return (loss, outputs) if return_outputs else loss
 
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> Any:
+        """``Trainer.prediction_step`` without the id columns (an unlabelled batch goes straight to the model)."""
+        inputs = {key: value for key, value in inputs.items() if key not in ID_COLUMNS}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def _step_leaves_loss_unscaled(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
         """Whether ``training_step`` leaves the loss undivided by the accumulation steps: for a model that takes
         loss kwargs it expects the loss to be a sum over the accumulated tokens already. transformers 4.51 does

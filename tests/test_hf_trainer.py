@@ -217,3 +217,19 @@ def test_reweighting_rejects_a_custom_loss_and_a_bad_r_schedule(tmp_path):
         ReweighTrainer(model=tiny_gpt2(), args=training_args(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
     with pytest.raises(ValueError, match='r must stay > 0'):
         _train(ReweighTrainer, tiny_gpt2(), tmp_path, 'bad', warmup=0, r_schedule=lambda step: 0.0)
+
+
+class _StrictGPT2(transformers.GPT2LMHeadModel):
+    """A model whose forward takes no other keyword: an id column that reached it would be an error."""
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def test_evaluation_and_prediction_take_datasets_with_id_columns(tmp_path):
+    model = _StrictGPT2(tiny_gpt2().config)
+    trainer = _train(ReweighTrainer, model, tmp_path, 'eval', max_steps=1, warmup=0)
+    assert trainer.evaluate(token_data(8))['eval_loss'] > 0  # labelled: through compute_loss
+    unlabelled = token_data(8).remove_columns('labels')  # no labels: straight to the model, without the ids
+    logits = trainer.predict(unlabelled).predictions
+    assert (logits[0] if isinstance(logits, tuple) else logits).shape == (8, 16, 64)

@@ -163,15 +163,11 @@ def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int]
     dest: str | tuple[str, str] = os.path.join(local_root, rel)
     if remote:
         dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
-    try:
+    with storage.writing(storage.join(out, rel)):
         writer = MDSWriter(out=dest, exist_ok=True, **mds_settings(manifest))
-    except Exception as e:  # botocore/gcs/... raise their own error types
-        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
     result = copy_kept(lookup.samples(info.name, 'train'), keeps, writer, bar)
-    try:
+    with storage.writing(storage.join(out, rel)):
         writer.finish()
-    except Exception as e:  # botocore/gcs/... raise their own error types
-        raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
     return result  # to a remote out, MDSWriter uploaded the shards and removed its local copy
 
 

@@ -63,16 +63,12 @@ def part_writer(out: str, local_root: str, rel: str, part: int, remote: bool, **
     local = os.path.join(scratch, folder) if scratch else os.path.join(local_root, folder)
     index: dict[str, Any] = {}
     try:
-        try:
+        with storage.writing(storage.join(out, folder)):
             writer = MDSWriter(out=(local, storage.join(out, folder)) if remote else local, keep_local=True,
                                exist_ok=True, **mds)
-        except Exception as e:  # botocore/gcs/... raise their own error types
-            raise ValueError(f'cannot write {storage.join(out, folder)}: {type(e).__name__}: {e}') from e
         yield writer, index
-        try:
+        with storage.writing(storage.join(out, folder)):
             writer.finish()
-        except Exception as e:  # botocore/gcs/... raise their own error types
-            raise ValueError(f'cannot write {storage.join(out, folder)}: {type(e).__name__}: {e}') from e
         with open(os.path.join(local, 'index.json')) as f:
             index.update(json.load(f))
     finally:

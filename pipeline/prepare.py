@@ -313,11 +313,9 @@ def _write_domain(spec: DomainSpec, index: int, tok: Any, seq_len: int, val_ever
         dest: str | tuple[str, str] = os.path.join(local_root, rel)
         if remote:
             dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
-        try:
+        with storage.writing(storage.join(out, rel)):
             writers[split] = MDSWriter(out=dest, columns=columns, compression=compression, hashes=HASHES,
                                        size_limit=shard_size_limit, progress_bar=progress, exist_ok=True)
-        except Exception as e:  # botocore/gcs/... raise their own error types
-            raise ValueError(f'cannot write {storage.join(out, rel)}: {type(e).__name__}: {e}') from e
 
     def write(split: str, sequences: list) -> None:
         for seq, doc_ids in sequences:
@@ -345,10 +343,8 @@ def _write_domain(spec: DomainSpec, index: int, tok: Any, seq_len: int, val_ever
         write(split, packers[split].finish())
     check_counts([spec], {spec.name: len(table['doc_id'])})
     for split in SPLITS:
-        try:
+        with storage.writing(storage.join(out, info.path(split))):
             writers[split].finish()
-        except Exception as e:  # botocore/gcs/... raise their own error types
-            raise ValueError(f'cannot write {storage.join(out, info.path(split))}: {type(e).__name__}: {e}') from e
     pq.write_table(pa.table({'doc_id': pa.array(table['doc_id'], pa.int64()), 'split': table['split'],
                              'source': table['source'], 'chars': pa.array(table['chars'], pa.int64())}),
                    os.path.join(local_root, 'documents', f'{spec.name}.parquet'))

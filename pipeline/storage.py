@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import posixpath
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ['check_writable', 'download', 'is_remote', 'join', 'list_objects', 'upload']
+__all__ = ['check_writable', 'download', 'is_remote', 'join', 'list_objects', 'upload', 'writing']
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -75,6 +77,24 @@ def list_objects(uri: str) -> list[str]:
         if (not prefix or key.startswith(prefix + '/')) and all(parts) and not any(p.startswith('.') for p in parts):
             found.append((parts, f'{parsed.scheme}://{parsed.netloc}/{key}'))
     return [found_uri for _, found_uri in sorted(found)]
+
+
+@contextmanager
+def writing(target: str) -> Iterator[None]:
+    """Report any error of the block (an object store's own type: botocore, gcs, ...) as ``ValueError: cannot
+    write {target}: ...``.
+
+    Example:
+        >>> with writing('s3://bucket/data/train/code'):
+        ...     raise ConnectionError('no route to host')
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot write s3://bucket/data/train/code: ConnectionError: no route to host
+    """
+    try:
+        yield
+    except Exception as e:  # botocore/gcs/... raise their own error types
+        raise ValueError(f'cannot write {target}: {type(e).__name__}: {e}') from e
 
 
 def upload(local_root: str, remote_root: str, relative_paths: list[str]) -> None:

@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
-# Create the project's virtual environment at .venv/ (if absent) and install reweigh with its test, spark
-# and hf extras into it. Safe to re-run: pip skips what is already installed.
+# Create the project's virtual environment at .venv/ (if absent) and install the main lock into it
+# (requirements/main.txt: reweigh's dependencies with its test, spark and hf extras, every version pinned and
+# hash-checked), then reweigh itself, editable. Safe to re-run. `pip install reweigh` users get pyproject.toml's
+# ranges instead; the lock is what CI, the Quickstart and reproducible runs use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "reweigh setup: creating .venv with $($PYTHON --version)"
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-echo "reweigh setup: installing reweigh and its dependencies into .venv (first run downloads torch, ~5 min)"
-.venv/bin/python -m pip install --quiet --progress-bar off -e ".[test,spark,hf]"
+bash scripts/setup_env.sh .venv requirements/main.txt
 echo "reweigh setup: done ($(.venv/bin/reweigh --version))"

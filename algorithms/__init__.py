@@ -1,9 +1,11 @@
-"""Loss-based sample reweighting for Composer: a pure tensor core and a thin Composer adapter.
+"""Loss-based sample reweighting: a pure tensor core, the framework-free step, and a thin Composer adapter.
 
-The core (:func:`compute_sample_weights`, :func:`per_sample_loss`, :func:`reweighted_loss`) takes
-tensors and returns tensors; :class:`LossReweighting` wires it into a Composer ``Trainer``. The model
-whose loss exposes per-sample losses (the fast path) is :class:`reweigh.models.ReweighCausalLM`; the loss
-history recorder is :class:`reweigh.callbacks.LossHistory`.
+The core (:func:`compute_sample_weights`, :func:`per_sample_loss`, :func:`reweighted_loss`) takes tensors and
+returns tensors; :func:`reweight_microbatch` is the whole step of one microbatch (global gather, weights, loss,
+statistics) that every trainer adapter calls. They need torch only: ``import reweigh.algorithms`` works without
+Composer, Streaming or transformers. :class:`LossReweighting` wires the step into a Composer ``Trainer`` and is
+imported (with Composer) when first used. The model whose loss exposes per-sample losses (the fast path) is
+:class:`reweigh.models.ReweighCausalLM`; the loss history recorder is :class:`reweigh.callbacks.LossHistory`.
 
 Example:
     >>> import torch
@@ -12,43 +14,36 @@ Example:
     tensor([0.2500, 0.2500, 0.2500, 0.2500])
 """
 
-from reweigh.algorithms.gather import GlobalBatch, gather_global_batch
-from reweigh.algorithms.loss_reweighting import LossReweighting, MicrobatchWeights, parse_warmup
-from reweigh.algorithms.losses import (
-    PER_SAMPLE_LOSS_KEY,
-    PerSampleLoss,
-    per_sample_loss,
-    per_sample_mean,
-    reweighted_loss,
-    shift_labels,
-)
-from reweigh.algorithms.strategies import available_strategies, get_strategy, register_strategy
-from reweigh.algorithms.weights import (
-    WeightStats,
-    compute_sample_weights,
-    normalize_losses,
-    token_normalize_weights,
-    weight_stats,
-)
+from __future__ import annotations
 
-__all__ = [
-    'PER_SAMPLE_LOSS_KEY',
-    'GlobalBatch',
-    'LossReweighting',
-    'MicrobatchWeights',
-    'PerSampleLoss',
-    'WeightStats',
-    'available_strategies',
-    'compute_sample_weights',
-    'gather_global_batch',
-    'get_strategy',
-    'normalize_losses',
-    'parse_warmup',
-    'per_sample_loss',
-    'per_sample_mean',
-    'register_strategy',
-    'reweighted_loss',
-    'shift_labels',
-    'token_normalize_weights',
-    'weight_stats',
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    'GlobalBatch': 'gather', 'gather_global_batch': 'gather',
+    'PER_SAMPLE_LOSS_KEY': 'losses', 'PerSampleLoss': 'losses', 'per_sample_loss': 'losses', 'per_sample_mean': 'losses',
+    'reweighted_loss': 'losses', 'shift_labels': 'losses',
+    'MicrobatchWeights': 'step', 'ReweightedMicrobatch': 'step', 'WeightMetrics': 'step', 'reweight_microbatch': 'step',
+    'available_strategies': 'strategies', 'get_strategy': 'strategies', 'register_strategy': 'strategies',
+    'WeightStats': 'weights', 'compute_sample_weights': 'weights', 'normalize_losses': 'weights',
+    'token_normalize_weights': 'weights', 'weight_stats': 'weights',
+    'LossReweighting': 'loss_reweighting', 'parse_warmup': 'loss_reweighting',  # the Composer adapter
+}
+"""Each public name and the submodule that defines it, imported on first use: the package itself imports nothing,
+so ``reweigh.algorithms.constants`` is free of torch and the core (every module but ``loss_reweighting``,
+``times`` and ``deferred_metrics``) needs torch only."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,9 +6,14 @@ import math
 from typing import NamedTuple
 
 import torch
-from composer.utils import dist
+import torch.distributed as dist
 
-__all__ = ['GlobalBatch', 'gather_global_batch']
+__all__ = ['GlobalBatch', 'gather_global_batch', 'world_size']
+
+
+def world_size() -> int:
+    """Processes in the default ``torch.distributed`` group (1 when it is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class GlobalBatch(NamedTuple):
@@ -53,8 +58,8 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
     capacity = n if capacity is None else capacity
     if capacity < n:
         raise ValueError(f'capacity ({capacity}) is smaller than the number of local samples ({n}).')
-    world_size = dist.get_world_size()
-    rank = dist.get_global_rank() if world_size > 1 else 0
+    world = world_size()
+    rank = dist.get_rank() if world > 1 else 0
     with torch.no_grad():
         packed = torch.empty(3, capacity, dtype=torch.float32, device=losses.device)
         packed[0, :n] = losses.detach()
@@ -63,7 +68,9 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
         packed[1, n:] = 0
         packed[2, :n] = 1
         packed[2, n:] = 0
-        if world_size > 1:
-            packed = torch.cat(list(dist.all_gather(packed)), dim=1)
+        if world > 1:
+            gathered = [torch.empty_like(packed) for _ in range(world)]
+            dist.all_gather(gathered, packed)
+            packed = torch.cat(gathered, dim=1)
     start = rank * capacity
     return GlobalBatch(packed[0], packed[1], packed[2] > 0, slice(start, start + n))

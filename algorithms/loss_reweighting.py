@@ -6,31 +6,39 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
-from reweigh.algorithms.deferred_metrics import DeferredMetrics
-from reweigh.algorithms.gather import gather_global_batch
-from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, PerSampleLoss, per_sample_loss, reweighted_loss
-from reweigh.algorithms.times import parse_time
-from reweigh.algorithms.weights import (
-    WeightStats,
-    compute_sample_weights,
-    token_normalize_weights,
-    validate_weight_args,
-    weight_stats,
+from reweigh.algorithms.constants import (
+    DEFAULT_DELTA,
+    DEFAULT_R,
+    DEFAULT_STRATEGY,
+    DEFAULT_TOKEN_NORMALIZE,
+    DEFAULT_WARMUP_STEPS,
+    METRIC_PREFIX,
 )
+from reweigh.algorithms.deferred_metrics import DeferredMetrics
+from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, PerSampleLoss, per_sample_loss
+from reweigh.algorithms.step import (
+    MicrobatchWeights,
+    WeightMetrics,
+    reweight_microbatch,
+    scheduled_r,
+)
+from reweigh.algorithms.times import parse_time
+from reweigh.algorithms.weights import validate_weight_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ['LossReweighting', 'MicrobatchWeights', 'parse_warmup']
+__all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'parse_warmup']
 
 _WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
-_METRIC_PREFIX = 'loss_reweighting'
+DEFAULT_WARMUP = f'{DEFAULT_WARMUP_STEPS}ba'
+"""The core's default warm-up as a Composer time."""
 
 
 def parse_warmup(warmup: str | int | Time) -> Time:
@@ -48,25 +56,12 @@ def parse_warmup(warmup: str | int | Time) -> Time:
     return parse_time(warmup, _WARMUP_UNITS, 'warmup')
 
 
-class MicrobatchWeights(NamedTuple):
-    """What :class:`LossReweighting` used for this rank's samples of the latest microbatch."""
-    losses: torch.Tensor
-    """``(n,)`` float32 detached per-sample losses."""
-    tokens: torch.Tensor
-    """``(n,)`` token counts."""
-    weights: torch.Tensor
-    """``(n,)`` float32 weights; over all ranks they sum to 1 per microbatch (uniform during warm-up)."""
-    r: float
-    """Temperature in use."""
-    active: bool
-    """Whether the loss was replaced (after warm-up, strategy not ``uniform``)."""
-
-
 class LossReweighting(Algorithm):
     """Dynamic loss-based sample reweighting (Sow et al., ICLR 2025) as a Composer algorithm.
 
     At ``Event.AFTER_LOSS`` the per-sample losses of the (micro)batch are gathered over all ranks,
-    turned into weights with :func:`~reweigh.algorithms.compute_sample_weights`, and ``state.loss``
+    turned into weights with :func:`~reweigh.algorithms.compute_sample_weights` (the framework-free step,
+    :func:`~reweigh.algorithms.step.reweight_microbatch`, does both), and ``state.loss``
     is replaced with ``world_size * sum_i w_i l_i`` over this rank's samples, so that after DDP's
     gradient averaging the update is ``sum_i w_i grad(l_i)`` over the global (micro)batch. The weights
     are constants in the backward pass.
@@ -130,12 +125,12 @@ class LossReweighting(Algorithm):
 
     def __init__(
         self,
-        strategy: str = 'linupper',
-        r: float = 1.0,
-        delta: float = 1.0,
-        warmup: str | int | Time = '1000ba',
+        strategy: str = DEFAULT_STRATEGY,
+        r: float = DEFAULT_R,
+        delta: float = DEFAULT_DELTA,
+        warmup: str | int | Time = DEFAULT_WARMUP,
         r_schedule: Callable[[State], float] | None = None,
-        token_normalize: bool = False,
+        token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
     ) -> None:
         validate_weight_args(strategy, r, delta)
         if r_schedule is not None and not callable(r_schedule):
@@ -147,9 +142,7 @@ class LossReweighting(Algorithm):
         self.r_schedule = r_schedule
         self.token_normalize = bool(token_normalize)
         self._metrics = DeferredMetrics()
-        self._batch_stats: list[WeightStats] = []
-        self._batch_r = self.r
-        self._batch_active = False
+        self._batch_metrics = WeightMetrics()
         self._nonfinite_total = 0.0
         self._warned_generic = False
         self._token_spec: Any = None  # the Trainer's DataSpec while it accumulates on tokens
@@ -169,7 +162,7 @@ class LossReweighting(Algorithm):
         if event == Event.AFTER_LOSS:
             self._reweight(state)
         elif event == Event.BATCH_START:
-            self._batch_stats = []
+            self._batch_metrics = WeightMetrics()
             needed = self._token_spec is not None and self.strategy != 'uniform' and not self.in_warmup(state)
             self._tokens_per_sample = self._batch_tokens_per_sample(state) if needed else None
         elif event == Event.BATCH_END:
@@ -229,10 +222,7 @@ class LossReweighting(Algorithm):
         """
         if self.r_schedule is None or state is None:
             return self.r
-        r = self.r * float(self.r_schedule(state))
-        if not r > 0:
-            raise ValueError(f'r_schedule gave r = {r} at {state.timestamp.batch}; r must stay > 0.')
-        return r
+        return scheduled_r(self.r, self.r_schedule(state), str(state.timestamp.batch))
 
     def _per_sample_loss(self, state: State) -> PerSampleLoss:
         outputs = state.outputs
@@ -259,41 +249,25 @@ class LossReweighting(Algorithm):
                 f'LossReweighting needs a model whose loss() returns a single tensor, got {type(state.loss).__name__}.',
             )
         per_sample = self._per_sample_loss(state)
-        warm = self.in_warmup(state)
-        r = self.current_r(state)
         capacity = state.device_train_microbatch_size
         capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
-        batch = gather_global_batch(per_sample.loss, per_sample.tokens, capacity)
-        weights = compute_sample_weights(batch.losses, 'uniform' if warm else self.strategy, r, self.delta)
-        if self.token_normalize:
-            weights = token_normalize_weights(weights, batch.tokens)
-        active = not warm and self.strategy != 'uniform'
-        local_weights = weights[batch.local]
-        if active:
-            state.loss = self._undo_token_scaling(state, reweighted_loss(per_sample.loss, local_weights, dist.get_world_size()))
-        self.last_microbatch = MicrobatchWeights(
-            per_sample.loss.detach().float(), per_sample.tokens, local_weights, r, active,
+        step = reweight_microbatch(
+            per_sample.loss, per_sample.tokens, strategy=self.strategy, r=self.current_r(state), delta=self.delta,
+            active=not self.in_warmup(state) and self.strategy != 'uniform', token_normalize=self.token_normalize,
+            capacity=capacity,
         )
-        self._batch_stats.append(weight_stats(weights, batch.losses, batch.valid))
-        self._batch_r = r
-        self._batch_active = active
+        if step.loss is not None:
+            state.loss = self._undo_token_scaling(state, step.loss)
+        self.last_microbatch = step.record
+        self._batch_metrics.add(step.stats, step.record.r, step.record.active)
 
     def _log_batch(self, state: State, logger: Logger) -> None:
-        if not self._batch_stats:
+        report = self._batch_metrics.report()
+        if report is None:
             return
-        stats = WeightStats(*(torch.stack(field) for field in zip(*self._batch_stats)))
-        nonfinite = stats.nonfinite.sum()
-        self._nonfinite_total += nonfinite  # stays a tensor on the device until a checkpoint asks
-        tensors = {
-            f'{_METRIC_PREFIX}/weight_entropy': stats.entropy.mean(),
-            f'{_METRIC_PREFIX}/ess': stats.ess.mean(),
-            f'{_METRIC_PREFIX}/weight_min': stats.min.amin(),
-            f'{_METRIC_PREFIX}/weight_max': stats.max.amax(),
-            f'{_METRIC_PREFIX}/nonfinite_losses': nonfinite,
-            f'{_METRIC_PREFIX}/mean_loss': stats.mean_loss.mean(),
-        }
-        extra = {f'{_METRIC_PREFIX}/r': self._batch_r, f'{_METRIC_PREFIX}/active': float(self._batch_active)}
-        self._metrics.push(int(state.timestamp.batch.value) - 1, tensors, extra, logger)
+        tensors, scalars = report
+        self._nonfinite_total += tensors[f'{METRIC_PREFIX}/nonfinite_losses']  # a device tensor until a checkpoint asks
+        self._metrics.push(int(state.timestamp.batch.value) - 1, tensors, scalars, logger)
 
     @property
     def nonfinite_total(self) -> int:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY
 from reweigh.algorithms.strategies import Strategy, get_strategy
 
 __all__ = [
@@ -39,7 +40,7 @@ def validate_weight_args(strategy: str, r: float, delta: float) -> Strategy:
     return fn
 
 
-def normalize_losses(losses: torch.Tensor, delta: float = 1.0, finite: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_losses(losses: torch.Tensor, delta: float = DEFAULT_DELTA, finite: torch.Tensor | None = None) -> torch.Tensor:
     """Map losses affinely onto ``[-delta, delta]`` (method step 3).
 
     ``h_i = delta * (2 l_i - (l_max + l_min)) / max(l_max - l_min, 1e-6)``, with ``l_min`` and
@@ -71,9 +72,9 @@ def normalize_losses(losses: torch.Tensor, delta: float = 1.0, finite: torch.Ten
 
 def compute_sample_weights(
     losses: torch.Tensor,
-    strategy: str = 'linupper',
-    r: float = 1.0,
-    delta: float = 1.0,
+    strategy: str = DEFAULT_STRATEGY,
+    r: float = DEFAULT_R,
+    delta: float = DEFAULT_DELTA,
 ) -> torch.Tensor:
     """Turn per-sample losses into weights that sum to 1 (method steps 3-5).
 

@@ -18,7 +18,8 @@ from composer.core import Time, TimeUnit
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reweigh.algorithms import LossReweighting
+from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY, DEFAULT_TOKEN_NORMALIZE
+from reweigh.algorithms.loss_reweighting import DEFAULT_WARMUP, LossReweighting
 from reweigh.algorithms.times import parse_time
 from reweigh.pipeline.storage import is_remote
 from reweigh.pipeline.uploads import SCHEMES as UPLOAD_SCHEMES
@@ -100,11 +101,11 @@ class RScheduleConfig:
 
 @dataclass
 class LossReweightingConfig:
-    strategy: str = 'linupper'
-    r: float = 1.0
-    delta: float = 1.0
-    warmup: str = '1000ba'
-    token_normalize: bool = False
+    strategy: str = DEFAULT_STRATEGY
+    r: float = DEFAULT_R
+    delta: float = DEFAULT_DELTA
+    warmup: str = DEFAULT_WARMUP
+    token_normalize: bool = DEFAULT_TOKEN_NORMALIZE
     r_schedule: Optional[RScheduleConfig] = None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,10 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         'Example: reweigh weights 0.5 2.0 3.5 --strategy linupper --r 1.0',
     )
     p.add_argument('losses', nargs='+', type=float, metavar='LOSS')
-    p.add_argument('--strategy', default='linupper',
-                   help='uniform, linupper, quadratic, extremes, upper, or one added with register_strategy')
-    p.add_argument('--r', type=float, default=1.0, help='softmax temperature, > 0 (default 1.0)')
-    p.add_argument('--delta', type=float, default=1.0, help='normalisation half-width, > 0 (default 1.0)')
+    p.add_argument('--strategy', default=DEFAULT_STRATEGY,
+                   help=f'uniform, linupper, quadratic, extremes, upper, or one added with register_strategy '
+                   f'(default {DEFAULT_STRATEGY})')
+    p.add_argument('--r', type=float, default=DEFAULT_R, help=f'softmax temperature, > 0 (default {DEFAULT_R})')
+    p.add_argument('--delta', type=float, default=DEFAULT_DELTA,
+                   help=f'normalisation half-width, > 0 (default {DEFAULT_DELTA})')
     p.set_defaults(run=run)
 
 

@@ -42,16 +42,21 @@ from typing import Any
 import torch
 import transformers
 
-from reweigh.algorithms.gather import gather_global_batch
-from reweigh.algorithms.loss_reweighting import MicrobatchWeights
-from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss, reweighted_loss
-from reweigh.algorithms.weights import (
-    WeightStats,
-    compute_sample_weights,
-    token_normalize_weights,
-    validate_weight_args,
-    weight_stats,
+from reweigh.algorithms.constants import (
+    DEFAULT_DELTA,
+    DEFAULT_R,
+    DEFAULT_STRATEGY,
+    DEFAULT_TOKEN_NORMALIZE,
+    DEFAULT_WARMUP_STEPS,
 )
+from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss
+from reweigh.algorithms.step import (
+    MicrobatchWeights,
+    WeightMetrics,
+    reweight_microbatch,
+    scheduled_r,
+)
+from reweigh.algorithms.weights import validate_weight_args
 from reweigh.analysis.format import FLOAT_COLUMNS, INT_COLUMNS, truncate_history
 from reweigh.callbacks.history import HistoryChunk, HistoryWriter, to_host_async
 
@@ -60,7 +65,6 @@ __all__ = ['ID_COLUMNS', 'ReweighTrainer']
 ID_COLUMNS = ('sample_id', 'domain')
 """Dataset columns kept for the loss history (never passed to the model)."""
 
-_METRIC_PREFIX = 'loss_reweighting'
 _MAX_QUEUED_CHUNKS = 4096
 
 
@@ -125,12 +129,12 @@ class ReweighTrainer(transformers.Trainer):
     def __init__(
         self,
         *args: Any,
-        strategy: str = 'linupper',
-        r: float = 1.0,
-        delta: float = 1.0,
-        warmup: int = 1000,
+        strategy: str = DEFAULT_STRATEGY,
+        r: float = DEFAULT_R,
+        delta: float = DEFAULT_DELTA,
+        warmup: int = DEFAULT_WARMUP_STEPS,
         r_schedule: Callable[[int], float] | None = None,
-        token_normalize: bool = False,
+        token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
         history_folder: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
@@ -154,11 +158,7 @@ class ReweighTrainer(transformers.Trainer):
         self.history_folder = None if history_folder is None else Path(history_folder)
         self.last_microbatch: MicrobatchWeights | None = None
         """What this process used in the latest training microbatch (its losses and slice of the weights)."""
-        self._sums: torch.Tensor | None = None  # entropy, ESS, mean loss, non-finite count: summed since the last log
-        self._extremes: torch.Tensor | None = None  # -(smallest weight), largest weight since the last log
-        self._count = 0  # microbatches since the last log, and the sums of their r and active
-        self._r_sum = 0.0
-        self._active_count = 0
+        self._reweigh_metrics = WeightMetrics()  # since the last log
         self._history: HistoryWriter | None = None
         self._history_step = -1
         self._microbatch = 0
@@ -169,12 +169,7 @@ class ReweighTrainer(transformers.Trainer):
         Raises:
             ValueError: If the schedule yields a temperature that is not > 0.
         """
-        if self.r_schedule is None:
-            return self.r
-        r = self.r * float(self.r_schedule(step))
-        if not r > 0:
-            raise ValueError(f'r_schedule gave r = {r} at step {step}; r must stay > 0.')
-        return r
+        return scheduled_r(self.r, None if self.r_schedule is None else self.r_schedule(step), f'step {step}')
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -203,21 +198,19 @@ class ReweighTrainer(transformers.Trainer):
             with torch.no_grad():
                 per_sample = per_sample_loss(outputs['logits'].detach(), labels)
 
-        r = self.current_r(step)
-        batch = gather_global_batch(per_sample.loss, per_sample.tokens, self._train_batch_size)
-        weights = compute_sample_weights(batch.losses, self.strategy if active else 'uniform', r, self.delta)
-        if self.token_normalize:
-            weights = token_normalize_weights(weights, batch.tokens)
-        local = weights[batch.local]
-        if active:
-            loss = reweighted_loss(per_sample.loss, local, self.accelerator.num_processes)
+        out = reweight_microbatch(
+            per_sample.loss, per_sample.tokens, strategy=self.strategy, r=self.current_r(step), delta=self.delta,
+            active=active, token_normalize=self.token_normalize, capacity=self._train_batch_size,
+        )
+        if out.loss is not None:
+            loss = out.loss
             if self._step_leaves_loss_unscaled(num_items_in_batch):
                 loss = loss / getattr(self, 'current_gradient_accumulation_steps', self.args.gradient_accumulation_steps)
 
-        self.last_microbatch = MicrobatchWeights(per_sample.loss.detach().float(), per_sample.tokens, local, r, active)
-        self._accumulate(weight_stats(weights, batch.losses, batch.valid), r, active)
+        self.last_microbatch = out.record
+        self._reweigh_metrics.add(out.stats, out.record.r, out.record.active)
         if self.history_folder is not None:
-            self._record(step, ids, per_sample, local, r, active)
+            self._record(step, ids, per_sample, out.record.weights, out.record.r, active)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
@@ -234,18 +227,6 @@ class ReweighTrainer(transformers.Trainer):
         if not self.model_accepts_loss_kwargs:
             return False
         return num_items_in_batch is not None or not hasattr(self, 'current_gradient_accumulation_steps')
-
-    def _accumulate(self, stats: WeightStats, r: float, active: bool) -> None:
-        """Add a microbatch's statistics to the running ones, on the device (bounded memory however rarely it logs)."""
-        sums = torch.stack([stats.entropy, stats.ess, stats.mean_loss, stats.nonfinite])
-        extremes = torch.stack([-stats.min, stats.max])
-        if self._sums is None or self._extremes is None:
-            self._sums, self._extremes = sums, extremes
-        else:
-            self._sums, self._extremes = self._sums + sums, torch.maximum(self._extremes, extremes)
-        self._count += 1
-        self._r_sum += r
-        self._active_count += active
 
     def _record(self, step: int, ids: dict[str, Any], per_sample: PerSampleLoss, weights: torch.Tensor, r: float,
                 active: bool) -> None:
@@ -284,17 +265,12 @@ class ReweighTrainer(transformers.Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the reweighting metrics since the previous log to ``logs`` and write the history's pending rows."""
-        if self._sums is not None and self._extremes is not None:
-            count = self._count
-            entropy, ess, mean_loss, nonfinite, neg_min, max_ = torch.cat([self._sums, self._extremes]).tolist()
-            logs.update({
-                f'{_METRIC_PREFIX}/weight_entropy': entropy / count, f'{_METRIC_PREFIX}/ess': ess / count,
-                f'{_METRIC_PREFIX}/weight_min': -neg_min, f'{_METRIC_PREFIX}/weight_max': max_,
-                f'{_METRIC_PREFIX}/nonfinite_losses': nonfinite, f'{_METRIC_PREFIX}/mean_loss': mean_loss / count,
-                f'{_METRIC_PREFIX}/r': self._r_sum / count, f'{_METRIC_PREFIX}/active': self._active_count / count,
-            })
-            self._sums = self._extremes = None
-            self._count, self._r_sum, self._active_count = 0, 0.0, 0
+        report = self._reweigh_metrics.report()
+        if report is not None:
+            tensors, scalars = report
+            names = list(tensors)
+            logs.update(zip(names, torch.stack([tensors[k] for k in names]).tolist()))  # one device read per log
+            logs.update(scalars)
         if self._history is not None:
             self._history.flush(wait=False)
         super().log(logs, start_time)

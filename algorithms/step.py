@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from reweigh.algorithms.constants import METRIC_PREFIX
+from reweigh.algorithms.constants import DEFAULT_TOKEN_NORMALIZE, METRIC_PREFIX
 from reweigh.algorithms.gather import gather_global_batch, world_size
 from reweigh.algorithms.losses import reweighted_loss
 from reweigh.algorithms.weights import WeightStats, compute_sample_weights, token_normalize_weights, weight_stats
@@ -81,7 +81,7 @@ def reweight_microbatch(
     r: float,
     delta: float,
     active: bool,
-    token_normalize: bool = False,
+    token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
     capacity: int | None = None,
 ) -> ReweightedMicrobatch:
     """Weigh one microbatch over all ranks: one all-gather, then the weights and the loss, with no host sync.

@@ -8,9 +8,10 @@
 # 2. `uv pip sync` makes the environment the lock: every package at its locked version, each file checked against
 #    the lock's sha256, nothing resolved (the lock already holds the whole tree), and anything not in the lock
 #    removed (packages installed by hand too). An sdist in the lock builds with the lock's pins as its build
-#    constraints. Bytecode is compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (these
-#    machines set it) Python would otherwise compile every module at every start (`import composer,
-#    transformers` took 19.5 s instead of 7.1 s, and the test suite half as long again). uv reads its index from UV_DEFAULT_INDEX (default PyPI), not from pip's configuration;
+#    constraints. uv reads its index from UV_DEFAULT_INDEX (default PyPI), not from pip's configuration.
+#    Bytecode is compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (these machines set it)
+#    Python would otherwise compile every module at every start (`import composer, transformers` took 19.5 s
+#    instead of 7.1 s, and the test suite half as long again);
 # 3. reweigh itself, editable, without build isolation (its build back-end is in the lock); then `uv pip check`.
 # Safe to re-run: what already matches the lock is kept. The lock installed is recorded in VENV/reweigh-lock.json,
 # which tests/test_locks.py compares with the installed packages and with the lock in the tree.
@@ -42,11 +43,11 @@ packages=$(grep -c "^[A-Za-z0-9]" "$lock")
 echo "reweigh setup: installing $lock into $venv ($packages packages pinned across platforms, hash-checked)"
 "${uv[@]}" sync --python "$venv/bin/python" --require-hashes --compile-bytecode --build-constraints "$lock" "$lock"
 "${uv[@]}" install --python "$venv/bin/python" --no-deps --no-build-isolation --editable .
-"${uv[@]}" check --python "$venv/bin/python" >/dev/null || {
-    "${uv[@]}" check --python "$venv/bin/python" >&2 || true
+if ! report=$("${uv[@]}" check --python "$venv/bin/python" 2>&1); then
+    echo "$report" >&2
     echo "reweigh setup: $venv does not hold a consistent set of packages (above); bash scripts/lock.sh refreshes $lock" >&2
     exit 1
-}
+fi
 "$venv/bin/python" - "$lock" "$venv/reweigh-lock.json" <<'EOF'
 import hashlib, json, sys
 lock, record = sys.argv[1], sys.argv[2]

@@ -2,10 +2,12 @@
 
 The core (:func:`compute_sample_weights`, :func:`per_sample_loss`, :func:`reweighted_loss`) takes tensors and
 returns tensors; :func:`reweight_microbatch` is the whole step of one microbatch (global gather, weights, loss,
-statistics) that every trainer adapter calls. They need torch only: ``import reweigh.algorithms`` works without
-Composer, Streaming or transformers. :class:`LossReweighting` wires the step into a Composer ``Trainer`` and is
-imported (with Composer) when first used. The model whose loss exposes per-sample losses (the fast path) is
-:class:`reweigh.models.ReweighCausalLM`; the loss history recorder is :class:`reweigh.callbacks.LossHistory`.
+statistics), and :class:`Reweighter` the object every trainer adapter holds: the method's settings, warm-up and
+temperature schedule, that step, the metrics and the checkpointed state. They need torch only:
+``import reweigh.algorithms`` works without Composer, Streaming or transformers. :class:`LossReweighting` drives a
+:class:`Reweighter` from a Composer ``Trainer`` and is imported (with Composer) when first used. The model whose
+loss exposes per-sample losses (the fast path) is :class:`reweigh.models.ReweighCausalLM`; the loss history is
+:mod:`reweigh.history` (recorded in Composer by :class:`reweigh.callbacks.LossHistory`).
 
 Example:
     >>> import torch
@@ -21,9 +23,11 @@ from typing import Any
 
 _EXPORTS = {
     'GlobalBatch': 'gather', 'gather_global_batch': 'gather',
-    'PER_SAMPLE_LOSS_KEY': 'losses', 'PerSampleLoss': 'losses', 'per_sample_loss': 'losses', 'per_sample_mean': 'losses',
+    'PER_SAMPLE_LOSS_KEY': 'losses', 'PerSampleLoss': 'losses', 'per_sample_loss': 'losses', 'per_sample_loss_from': 'losses',
+    'per_sample_mean': 'losses',
     'reweighted_loss': 'losses', 'shift_labels': 'losses',
     'MicrobatchWeights': 'step', 'ReweightedMicrobatch': 'step', 'WeightMetrics': 'step', 'reweight_microbatch': 'step',
+    'Progress': 'reweighter', 'Reweighter': 'reweighter', 'parse_warmup_string': 'reweighter',
     'available_strategies': 'strategies', 'get_strategy': 'strategies', 'register_strategy': 'strategies',
     'WeightStats': 'weights', 'compute_sample_weights': 'weights', 'normalize_losses': 'weights',
     'token_normalize_weights': 'weights', 'weight_stats': 'weights',

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,22 +18,16 @@ from reweigh.algorithms.constants import (
     DEFAULT_STRATEGY,
     DEFAULT_TOKEN_NORMALIZE,
     DEFAULT_WARMUP_STEPS,
-    METRIC_PREFIX,
 )
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
-from reweigh.algorithms.losses import PER_SAMPLE_LOSS_KEY, PerSampleLoss, per_sample_loss
-from reweigh.algorithms.step import (
-    MicrobatchWeights,
-    WeightMetrics,
-    reweight_microbatch,
-    scheduled_r,
-)
+from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss_from
+from reweigh.algorithms.reweighter import Progress, Reweighter
+from reweigh.algorithms.step import MicrobatchWeights
 from reweigh.algorithms.times import parse_time
-from reweigh.algorithms.weights import validate_weight_args
 
 log = logging.getLogger(__name__)
 
-__all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'parse_warmup']
+__all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'composer_progress', 'parse_warmup']
 
 _WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
 DEFAULT_WARMUP = f'{DEFAULT_WARMUP_STEPS}ba'
@@ -132,22 +125,26 @@ class LossReweighting(Algorithm):
         r_schedule: Callable[[State], float] | None = None,
         token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
     ) -> None:
-        validate_weight_args(strategy, r, delta)
         if r_schedule is not None and not callable(r_schedule):
             raise ValueError(f'r_schedule must be callable (e.g. a Composer scheduler), got {r_schedule!r}.')
-        self.strategy = strategy
-        self.r = float(r)
-        self.delta = float(delta)
         self.warmup = parse_warmup(warmup)
-        self.r_schedule = r_schedule
-        self.token_normalize = bool(token_normalize)
+        self.reweighter = Reweighter(strategy, r, delta, self.warmup.to_timestring(), r_schedule, token_normalize)
+        """The framework-free core this algorithm drives (its settings, step, metrics and checkpointed state)."""
         self._metrics = DeferredMetrics()
-        self._batch_metrics = WeightMetrics()
-        self._nonfinite_total = 0.0
         self._warned_generic = False
         self._token_spec: Any = None  # the Trainer's DataSpec while it accumulates on tokens
         self._tokens_per_sample: torch.Tensor | None = None  # T / N of the current batch, all ranks
-        self.last_microbatch: MicrobatchWeights | None = None
+
+    strategy = property(lambda self: self.reweighter.strategy, doc='The strategy (see :class:`Reweighter`).')
+    r = property(lambda self: self.reweighter.r, doc='The softmax temperature before any schedule.')
+    delta = property(lambda self: self.reweighter.delta, doc='Half-width of the loss normalisation interval.')
+    r_schedule = property(lambda self: self.reweighter.r_schedule, doc='The multiplier on ``r`` (a function of the State).')
+    token_normalize = property(lambda self: self.reweighter.token_normalize, doc='Whether token counts are folded in.')
+
+    @property
+    def last_microbatch(self) -> MicrobatchWeights | None:
+        """The losses and weights this rank used in the latest microbatch (the core's record), ``None`` before one."""
+        return None if self.reweighter.last is None else self.reweighter.last.record
 
     def __repr__(self) -> str:
         return (
@@ -162,7 +159,7 @@ class LossReweighting(Algorithm):
         if event == Event.AFTER_LOSS:
             self._reweight(state)
         elif event == Event.BATCH_START:
-            self._batch_metrics = WeightMetrics()
+            self.reweighter.reset_metrics()  # a microbatch size search may have left statistics of abandoned tries
             needed = self._token_spec is not None and self.strategy != 'uniform' and not self.in_warmup(state)
             self._tokens_per_sample = self._batch_tokens_per_sample(state) if needed else None
         elif event == Event.BATCH_END:
@@ -209,10 +206,7 @@ class LossReweighting(Algorithm):
 
     def in_warmup(self, state: State) -> bool:
         """Whether ``state`` is still inside the uniform warm-up."""
-        if self.warmup.unit == TimeUnit.DURATION:
-            elapsed = state.get_elapsed_duration()
-            return elapsed is None or elapsed < self.warmup
-        return state.timestamp.get(self.warmup.unit) < self.warmup
+        return self.reweighter.in_warmup(composer_progress(state))
 
     def current_r(self, state: State | None) -> float:
         """The temperature in use at ``state``: ``r`` times ``r_schedule(state)`` if one is set.
@@ -220,83 +214,58 @@ class LossReweighting(Algorithm):
         Raises:
             ValueError: If the schedule yields a temperature that is not > 0.
         """
-        if self.r_schedule is None or state is None:
-            return self.r
-        return scheduled_r(self.r, self.r_schedule(state), str(state.timestamp.batch))
-
-    def _per_sample_loss(self, state: State) -> PerSampleLoss:
-        outputs = state.outputs
-        if isinstance(outputs, Mapping) and PER_SAMPLE_LOSS_KEY in outputs:
-            return outputs[PER_SAMPLE_LOSS_KEY]
-        if not self._warned_generic:
-            log.info(
-                'LossReweighting: the model does not expose per-sample losses; computing them from the '
-                'logits (one extra cross-entropy pass). Use ReweighCausalLM for the fast path.',
-            )
-            self._warned_generic = True
-        logits = outputs.get('logits') if isinstance(outputs, Mapping) else outputs
-        batch = state.batch
-        if not isinstance(logits, torch.Tensor) or not isinstance(batch, Mapping) or 'labels' not in batch:
-            raise ValueError(
-                'LossReweighting needs per-sample losses: either outputs["per_sample_loss"] from the model, '
-                'or logits (outputs["logits"] or a tensor) together with batch["labels"].',
-            )
-        return per_sample_loss(logits, batch['labels'])
+        return self.reweighter.current_r(None if state is None else composer_progress(state))
 
     def _reweight(self, state: State) -> None:
         if not isinstance(state.loss, torch.Tensor):
             raise ValueError(
                 f'LossReweighting needs a model whose loss() returns a single tensor, got {type(state.loss).__name__}.',
             )
-        per_sample = self._per_sample_loss(state)
+        per_sample = self.per_sample_loss(state)
         capacity = state.device_train_microbatch_size
         capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
-        step = reweight_microbatch(
-            per_sample.loss, per_sample.tokens, strategy=self.strategy, r=self.current_r(state), delta=self.delta,
-            active=not self.in_warmup(state) and self.strategy != 'uniform', token_normalize=self.token_normalize,
-            capacity=capacity,
-        )
+        batch = state.batch if isinstance(state.batch, Mapping) else {}
+        step = self.reweighter.step(per_sample.loss, per_sample.tokens, composer_progress(state), capacity=capacity,
+                                    sample_id=batch.get('sample_id'), domain=batch.get('domain'))
         if step.loss is not None:
             state.loss = self._undo_token_scaling(state, step.loss)
-        self.last_microbatch = step.record
-        self._batch_metrics.add(step.stats, step.record.r, step.record.active)
+
+    def per_sample_loss(self, state: State) -> PerSampleLoss:
+        """This microbatch's per-sample losses (:func:`~reweigh.algorithms.losses.per_sample_loss_from`), saying once
+        when the model does not provide them."""
+        per_sample, fused = per_sample_loss_from(state.outputs, state.batch)
+        if not fused and not self._warned_generic:
+            log.info(
+                'LossReweighting: the model does not expose per-sample losses; computing them from the '
+                'logits (one extra cross-entropy pass). Use ReweighCausalLM for the fast path.',
+            )
+            self._warned_generic = True
+        return per_sample
 
     def _log_batch(self, state: State, logger: Logger) -> None:
-        report = self._batch_metrics.report()
-        if report is None:
-            return
-        tensors, scalars = report
-        self._nonfinite_total += tensors[f'{METRIC_PREFIX}/nonfinite_losses']  # a device tensor until a checkpoint asks
-        self._metrics.push(int(state.timestamp.batch.value) - 1, tensors, scalars, logger)
+        report = self.reweighter.report()
+        if report is not None:
+            self._metrics.push(int(state.timestamp.batch.value) - 1, *report, logger)
 
     @property
     def nonfinite_total(self) -> int:
         """Number of non-finite per-sample losses seen since the start of training (synchronises)."""
-        return int(self._nonfinite_total)
+        return self.reweighter.nonfinite_total
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            'strategy': self.strategy,
-            'r': self.r,
-            'delta': self.delta,
-            'warmup': str(self.warmup),
-            'token_normalize': self.token_normalize,
-            'nonfinite_total': self.nonfinite_total,
-        }
+        return self.reweighter.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        current = self.state_dict()
-        changed = {
-            k: (state[k], current[k]) for k in ('strategy', 'r', 'delta', 'warmup', 'token_normalize')
-            if k in state and state[k] != current[k]
-        }
-        if changed:
-            warnings.warn(
-                'LossReweighting settings differ from the checkpoint; continuing with the new ones: ' +
-                ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items()),
-                stacklevel=2,
-            )
-        self._nonfinite_total = float(state.get('nonfinite_total', 0))
+        self.reweighter.load_state_dict(state, owner='LossReweighting')
+
+
+def composer_progress(state: State) -> Progress:
+    """Where a Composer run is, for the core: its timestamp's batches, samples, tokens and epochs, the elapsed
+    share of ``max_duration`` (``None`` until known), and the ``State`` itself as the ``r_schedule`` clock."""
+    ts = state.timestamp
+    elapsed = state.get_elapsed_duration() if state.max_duration is not None else None
+    return Progress(int(ts.batch.value), int(ts.sample.value), int(ts.token.value), int(ts.epoch.value),
+                    None if elapsed is None else float(elapsed.value), state)
 
 
 def _calling_trainer() -> Any:

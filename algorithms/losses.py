@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ['PER_SAMPLE_LOSS_KEY', 'PerSampleLoss', 'per_sample_loss', 'per_sample_mean', 'reweighted_loss', 'shift_labels']
+__all__ = [
+    'PER_SAMPLE_LOSS_KEY', 'PerSampleLoss', 'per_sample_loss', 'per_sample_loss_from', 'per_sample_mean', 'reweighted_loss',
+    'shift_labels',
+]
 
 PER_SAMPLE_LOSS_KEY = 'per_sample_loss'
 """Key under which a model's outputs carry a :class:`PerSampleLoss` for :class:`~reweigh.algorithms.LossReweighting`.
@@ -67,6 +71,34 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
         reduction='none',
     ).view_as(targets)
     return per_sample_mean(token_loss, targets, ignore_index)
+
+
+def per_sample_loss_from(outputs: Any, batch: Any) -> tuple[PerSampleLoss, bool]:
+    """A training step's per-sample losses: the model's own (``outputs[PER_SAMPLE_LOSS_KEY]``, the fast path), or
+    computed from its logits (``outputs['logits']`` or ``outputs`` itself) and ``batch['labels']``.
+
+    Returns:
+        tuple: the losses, and whether they were the model's own (``False``: one extra cross-entropy pass).
+
+    Raises:
+        ValueError: If there are neither per-sample losses nor logits and labels.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.losses import per_sample_loss_from
+        >>> losses, fused = per_sample_loss_from(torch.zeros(2, 3, 5), {'labels': torch.tensor([[1, 2, 3], [1, 2, 3]])})
+        >>> [round(v, 4) for v in losses.loss.tolist()], fused
+        ([1.6094, 1.6094], False)
+    """
+    if isinstance(outputs, Mapping) and PER_SAMPLE_LOSS_KEY in outputs:
+        return outputs[PER_SAMPLE_LOSS_KEY], True
+    logits = outputs.get('logits') if isinstance(outputs, Mapping) else outputs
+    if not isinstance(logits, torch.Tensor) or not isinstance(batch, Mapping) or 'labels' not in batch:
+        raise ValueError(
+            'reweighting needs per-sample losses: either outputs["per_sample_loss"] from the model, '
+            'or logits (outputs["logits"] or a tensor) together with batch["labels"].',
+        )
+    return per_sample_loss(logits, batch['labels']), False
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -41,6 +41,10 @@ class MicrobatchWeights(NamedTuple):
     """Temperature in use."""
     active: bool
     """Whether the loss was replaced (after warm-up, strategy not ``uniform``)."""
+    sample_id: torch.Tensor | None = None
+    """``(n,)`` the samples' ids, if the batch had them."""
+    domain: torch.Tensor | None = None
+    """``(n,)`` their domain indices, if the batch had them."""
 
 
 class ReweightedMicrobatch(NamedTuple):
@@ -83,6 +87,8 @@ def reweight_microbatch(
     active: bool,
     token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
     capacity: int | None = None,
+    sample_id: torch.Tensor | None = None,
+    domain: torch.Tensor | None = None,
 ) -> ReweightedMicrobatch:
     """Weigh one microbatch over all ranks: one all-gather, then the weights and the loss, with no host sync.
 
@@ -102,6 +108,8 @@ def reweight_microbatch(
         token_normalize (bool): Fold token counts into the weights. Default: ``False``.
         capacity (int, optional): Slots per rank in the gather, ``>=`` every rank's ``n`` (the device
             microbatch size). Default: ``n``.
+        sample_id (torch.Tensor, optional): ``(n,)`` the samples' ids, kept in the record for the history.
+        domain (torch.Tensor, optional): ``(n,)`` their domains, kept in the record.
 
     Returns:
         ReweightedMicrobatch: the loss (or ``None``), this rank's record and the weight statistics.
@@ -120,7 +128,7 @@ def reweight_microbatch(
         weights = token_normalize_weights(weights, batch.tokens)
     local = weights[batch.local]
     loss = reweighted_loss(losses, local, world_size()) if active else None
-    record = MicrobatchWeights(losses.detach().float(), tokens, local, r, active)
+    record = MicrobatchWeights(losses.detach().float(), tokens, local, r, active, sample_id, domain)
     return ReweightedMicrobatch(loss, record, weight_stats(weights, batch.losses, batch.valid))
 
 

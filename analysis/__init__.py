@@ -18,9 +18,9 @@ import importlib
 from typing import Any
 
 from reweigh.analysis.compare import Comparison, compare_runs
-from reweigh.analysis.format import HISTORY_SCHEMA, list_parts, truncate_history
 from reweigh.analysis.runs import Run, load_run
 from reweigh.analysis.tables import Analysis, analyze_history, load_history, most_deprioritised_domain
+from reweigh.history.format import HISTORY_SCHEMA, list_parts, truncate_history
 
 __all__ = [
     'HISTORY_SCHEMA',

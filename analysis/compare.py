@@ -267,8 +267,8 @@ class Comparison(NamedTuple):
 
 
 def _domain_history_summary(run: Run) -> pa.Table | None:
-    from reweigh.analysis.format import filesystem_for, list_parts
     from reweigh.analysis.tables import analyze_history
+    from reweigh.history.format import filesystem_for, list_parts
 
     folder = f'{run.path}/{HISTORY_FOLDER}'
     filesystem, root = filesystem_for(folder)

@@ -7,7 +7,7 @@ a remote ``save_folder``), holds::
     runs/tiny-cpu/config.yaml      # the resolved training config (written when training starts)
     runs/tiny-cpu/metrics.jsonl    # evaluation and training metrics over time (appended while training)
     runs/tiny-cpu/summary.json     # paths and the final evaluation (written when training finishes)
-    runs/tiny-cpu/history/         # the per-sample loss history (reweigh.analysis.format)
+    runs/tiny-cpu/history/         # the per-sample loss history (reweigh.history.format)
 
 ``metrics.jsonl`` holds one JSON object per line, flat, so that ``pandas.read_json(path, lines=True)``,
 DuckDB's ``read_json`` and Polars' ``read_ndjson`` open it as it is:
@@ -48,7 +48,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from reweigh.analysis.format import filesystem_for
+from reweigh.history.format import filesystem_for
 
 __all__ = [
     'CONFIG_FILE',

@@ -1,6 +1,6 @@
 """Tables that answer "which samples and domains did training deprioritise, and when?".
 
-Pure functions over a loss history (see :mod:`reweigh.analysis.format`). The aggregation runs in DuckDB
+Pure functions over a loss history (see :mod:`reweigh.history.format`). The aggregation runs in DuckDB
 over the Parquet parts where they are (local files natively, object stores through pyarrow), in a
 bounded amount of memory that spills to disk, so a 100M-row history of a large run fits in a few GiB.
 Weights are reported *relative to uniform*: ``rel_weight = weight * n``, where ``n`` is the number of
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from reweigh.analysis.format import HISTORY_SCHEMA, filesystem_for, is_readable, list_parts
+from reweigh.history.format import HISTORY_SCHEMA, filesystem_for, is_readable, list_parts
 
 __all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'analyze_history', 'load_history', 'most_deprioritised_domain']
 

@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
         def text_of(ids: list[int]) -> list[str]:
             return [lookup.text(i) for i in ids]
+    else:  # no dataset (an llm-foundry or Hugging Face run): the names its loader recorded, if any
+        from reweigh.history.format import read_metadata
+
+        names = list(read_metadata(history).get('domains') or [])
 
     report = write_report(
         analysis, out, names, text_of, title=f'reweigh loss history: {summary.get("run_name", args.target)}', k=args.top,

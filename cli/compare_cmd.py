@@ -47,10 +47,11 @@ def _split(items: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _domain_names(run_paths: list[str]) -> list[str]:
-    """The domain names of the dataset the runs trained on (the first summary.json that names one), or ``[]``."""
+    """The domain names of the dataset the runs trained on (the first summary.json that names one), else those a
+    run's history recorded, or ``[]``."""
     import json
 
-    from reweigh.analysis.runs import SUMMARY_FILE, read_text
+    from reweigh.analysis.runs import HISTORY_FOLDER, SUMMARY_FILE, read_text
     from reweigh.pipeline.manifest import read_manifest
 
     for run_path in run_paths:
@@ -62,6 +63,15 @@ def _domain_names(run_paths: list[str]) -> list[str]:
                     return list(read_manifest(dataset, cache).domain_names)
         except (OSError, ValueError):  # the dataset moved or cannot be reached: try the next run
             continue
+    from reweigh.history.format import read_metadata
+
+    for run_path in run_paths:  # no dataset: the names the runs' loaders recorded in their histories
+        try:
+            names = read_metadata(f'{run_path}/{HISTORY_FOLDER}').get('domains')
+        except OSError:
+            continue
+        if names:
+            return list(names)
     return []  # domains stay numbered
 
 

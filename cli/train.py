@@ -22,7 +22,6 @@ from composer.core import Evaluator
 from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
 from omegaconf import OmegaConf
 
-from reweigh.algorithms import LossReweighting
 from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE, write_atomically
 from reweigh.callbacks import LossHistory, MetricsLog, RestoreRngOnResume
 from reweigh.cli import data, train_cmd
@@ -107,9 +106,7 @@ def train(cfg: Any) -> dict[str, Any]:
     algorithms = build_algorithms(cfg)
     callbacks = [*build_callbacks(cfg), RestoreRngOnResume()]
     history_folder = None
-    if cfg.history.enabled:
-        if not any(isinstance(a, LossReweighting) for a in algorithms):
-            algorithms.append(LossReweighting('uniform', warmup=0))  # records; leaves training untouched
+    if cfg.history.enabled:  # a baseline (no algorithm) records too: LossHistory weighs it uniformly
         history_folder = cfg.history.folder or str(run_dir / HISTORY_FOLDER)
         upload = f'{remote_run}/{HISTORY_FOLDER}' if remote_run else None
         callbacks.append(LossHistory(history_folder, cfg.history.flush_interval, upload_to=upload,

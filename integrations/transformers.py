@@ -4,7 +4,7 @@
 (:func:`~reweigh.algorithms.per_sample_loss`, :func:`~reweigh.algorithms.compute_sample_weights`,
 :func:`~reweigh.algorithms.reweighted_loss`), as :class:`~reweigh.algorithms.LossReweighting` does in
 Composer: the same weights, the same metrics (``loss_reweighting/...`` in the Trainer's logs) and, with
-``history_folder``, the same per-sample loss history (see :mod:`reweigh.analysis.format`). It needs
+``history_folder``, the same per-sample loss history (see :mod:`reweigh.history`). It needs
 ``accelerate``, as every ``Trainer`` does.
 
 Example:
@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,23 +48,16 @@ from reweigh.algorithms.constants import (
     DEFAULT_TOKEN_NORMALIZE,
     DEFAULT_WARMUP_STEPS,
 )
-from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss
-from reweigh.algorithms.step import (
-    MicrobatchWeights,
-    WeightMetrics,
-    reweight_microbatch,
-    scheduled_r,
-)
-from reweigh.algorithms.weights import validate_weight_args
-from reweigh.analysis.format import FLOAT_COLUMNS, INT_COLUMNS, truncate_history
-from reweigh.callbacks.history import HistoryChunk, HistoryWriter, to_host_async
+from reweigh.algorithms.losses import per_sample_loss
+from reweigh.algorithms.reweighter import Progress, Reweighter
+from reweigh.algorithms.step import MicrobatchWeights
+from reweigh.history.format import encode_metadata
+from reweigh.history.recorder import HistoryRecorder, dataset_domain_names
 
 __all__ = ['ID_COLUMNS', 'ReweighTrainer']
 
 ID_COLUMNS = ('sample_id', 'domain')
 """Dataset columns kept for the loss history (never passed to the model)."""
-
-_MAX_QUEUED_CHUNKS = 4096
 
 
 class ReweighTrainer(transformers.Trainer):
@@ -107,9 +99,9 @@ class ReweighTrainer(transformers.Trainer):
             uniform weights give the token-mean loss. Default: ``False`` (sample-mean).
         history_folder (str | os.PathLike, optional): Write every training sample's loss and weight per
             step there, one ``rank{N}`` folder per process (N the global process index), in the format of
-            :class:`~reweigh.callbacks.LossHistory`. Parts are written at each log, each checkpoint and
-            the end of ``train()``; a resumed run first drops the rows at or past its resumption step.
-            Default: no history.
+            :mod:`reweigh.history`. Parts are written at each log, each checkpoint and the end of ``train()``;
+            a resumed run first drops the rows at or past its resumption step. The domain names of a
+            ``ClassLabel`` ``domain`` column (or of a reweigh dataset) go into its metadata. Default: no history.
         **kwargs: Keyword arguments of ``transformers.Trainer``.
 
     Raises:
@@ -138,30 +130,33 @@ class ReweighTrainer(transformers.Trainer):
         history_folder: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
-        validate_weight_args(strategy, r, delta)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f'warmup must be a number of optimizer steps >= 0, got {warmup!r}.')
         if r_schedule is not None and not callable(r_schedule):
             raise ValueError(f'r_schedule must be a callable of the global step, got {r_schedule!r}.')
+        reweighter = Reweighter(strategy, r, delta, warmup, r_schedule, token_normalize)
         super().__init__(*args, **kwargs)
         if strategy != 'uniform' and (self.compute_loss_func is not None or self.label_smoother is not None):
             raise ValueError(
                 'ReweighTrainer reweights the plain per-sample cross-entropy; compute_loss_func and '
                 'label_smoothing_factor can only be used with strategy="uniform".',
             )
-        self.strategy = strategy
-        self.r = float(r)
-        self.delta = float(delta)
-        self.warmup = warmup
-        self.r_schedule = r_schedule
-        self.token_normalize = bool(token_normalize)
+        self.reweighter = reweighter
+        """The framework-free core this trainer drives (settings, step, metrics)."""
         self.history_folder = None if history_folder is None else Path(history_folder)
-        self.last_microbatch: MicrobatchWeights | None = None
+        self._history: HistoryRecorder | None = None
+
+    strategy = property(lambda self: self.reweighter.strategy, doc='The strategy (see :class:`Reweighter`).')
+    r = property(lambda self: self.reweighter.r, doc='The softmax temperature before any schedule.')
+    delta = property(lambda self: self.reweighter.delta, doc='Half-width of the loss normalisation interval.')
+    warmup = property(lambda self: int(self.reweighter.warmup.value), doc='Optimizer steps of plain training.')
+    r_schedule = property(lambda self: self.reweighter.r_schedule, doc='The multiplier on ``r`` (a function of the step).')
+    token_normalize = property(lambda self: self.reweighter.token_normalize, doc='Whether token counts are folded in.')
+
+    @property
+    def last_microbatch(self) -> MicrobatchWeights | None:
         """What this process used in the latest training microbatch (its losses and slice of the weights)."""
-        self._reweigh_metrics = WeightMetrics()  # since the last log
-        self._history: HistoryWriter | None = None
-        self._history_step = -1
-        self._microbatch = 0
+        return None if self.reweighter.last is None else self.reweighter.last.record
 
     def current_r(self, step: int) -> float:
         """The temperature at optimizer step ``step``: ``r`` times ``r_schedule(step)`` if one is set.
@@ -169,7 +164,7 @@ class ReweighTrainer(transformers.Trainer):
         Raises:
             ValueError: If the schedule yields a temperature that is not > 0.
         """
-        return scheduled_r(self.r, None if self.r_schedule is None else self.r_schedule(step), f'step {step}')
+        return self.reweighter.current_r(Progress(step, clock=step))
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -189,8 +184,8 @@ class ReweighTrainer(transformers.Trainer):
         if not isinstance(labels, torch.Tensor):
             raise ValueError('ReweighTrainer needs "labels" (aligned with input_ids) in every training batch.')
         step = self.state.global_step
-        active = self.strategy != 'uniform' and step >= self.warmup
-        if active:
+        progress = Progress(step, clock=step)
+        if self.reweighter.is_active(progress):
             outputs = model(**{k: v for k, v in inputs.items() if k != 'labels'})
             per_sample = per_sample_loss(outputs['logits'], labels)
         else:
@@ -198,19 +193,16 @@ class ReweighTrainer(transformers.Trainer):
             with torch.no_grad():
                 per_sample = per_sample_loss(outputs['logits'].detach(), labels)
 
-        out = reweight_microbatch(
-            per_sample.loss, per_sample.tokens, strategy=self.strategy, r=self.current_r(step), delta=self.delta,
-            active=active, token_normalize=self.token_normalize, capacity=self._train_batch_size,
-        )
+        out = self.reweighter.step(per_sample.loss, per_sample.tokens, progress, capacity=self._train_batch_size,
+                                   sample_id=_as_tensor(ids.get('sample_id')), domain=_as_tensor(ids.get('domain')))
         if out.loss is not None:
             loss = out.loss
             if self._step_leaves_loss_unscaled(num_items_in_batch):
                 loss = loss / getattr(self, 'current_gradient_accumulation_steps', self.args.gradient_accumulation_steps)
-
-        self.last_microbatch = out.record
-        self._reweigh_metrics.add(out.stats, out.record.r, out.record.active)
         if self.history_folder is not None:
-            self._record(step, ids, per_sample, out.record.weights, out.record.r, active)
+            if self._history is None:
+                self._history = self._open_history(step)
+            self._history.record(step, out.record)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
@@ -228,44 +220,15 @@ class ReweighTrainer(transformers.Trainer):
             return False
         return num_items_in_batch is not None or not hasattr(self, 'current_gradient_accumulation_steps')
 
-    def _record(self, step: int, ids: dict[str, Any], per_sample: PerSampleLoss, weights: torch.Tensor, r: float,
-                active: bool) -> None:
-        """Queue this microbatch's rows for the history writer (copied off the device asynchronously)."""
-        if self._history is None:
-            self._history = self._open_history(step)
-        if step != self._history_step:
-            self._history_step, self._microbatch = step, 0
-        n = weights.shape[0]
-        missing = torch.full((n,), -1, dtype=torch.int64, device=weights.device)
-        columns = {
-            'sample_id': ids.get('sample_id', missing), 'domain': ids.get('domain', missing), 'tokens': per_sample.tokens,
-            'loss': per_sample.loss.detach(), 'weight': weights,
-        }
-        ints = torch.stack([torch.as_tensor(columns[c], device=weights.device).reshape(n).long() for c in INT_COLUMNS])
-        floats = torch.stack([columns[c].reshape(n).float() for c in FLOAT_COLUMNS])
-        ready = None
-        if ints.is_cuda:
-            ints, floats = to_host_async(ints), to_host_async(floats)
-            ready = torch.cuda.Event()
-            ready.record()
-        self._history.put(HistoryChunk(step, self._microbatch, ints, floats, r, active, ready))
-        self._microbatch += 1
-
-    def _open_history(self, resume_step: int) -> HistoryWriter:
-        rank = self.args.process_index
-        folder = self.history_folder / f'rank{rank}'
-        folder.mkdir(parents=True, exist_ok=True)
-        truncate_history(folder, resume_step)
-        metadata = json.dumps({
-            'run_name': self.args.run_name, 'strategy': self.strategy, 'r': self.r, 'delta': self.delta,
-            'warmup': f'{self.warmup}ba', 'token_normalize': self.token_normalize,
-            'world_size': self.accelerator.num_processes,
-        })
-        return HistoryWriter(folder, rank, {b'reweigh': metadata.encode()}, _MAX_QUEUED_CHUNKS)
+    def _open_history(self, resume_step: int) -> HistoryRecorder:
+        metadata = encode_metadata(self.reweighter.settings(), run_name=self.args.run_name,
+                                   world_size=self.accelerator.num_processes,
+                                   domains=dataset_domain_names(self.train_dataset))
+        return HistoryRecorder(self.history_folder, self.args.process_index, metadata, resume_step)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the reweighting metrics since the previous log to ``logs`` and write the history's pending rows."""
-        report = self._reweigh_metrics.report()
+        report = self.reweighter.report()
         if report is not None:
             tensors, scalars = report
             names = list(tensors)
@@ -288,3 +251,8 @@ class ReweighTrainer(transformers.Trainer):
             if self._history is not None:
                 self._history.close()
                 self._history = None
+
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    """A batch's id column as a tensor (a collator may leave it a list), ``None`` if absent."""
+    return value if value is None or isinstance(value, torch.Tensor) else torch.as_tensor(value)

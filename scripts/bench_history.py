@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from reweigh.analysis.format import HISTORY_SCHEMA, part_name
-from reweigh.callbacks.history import HistoryChunk, HistoryWriter
+from reweigh.history.format import HISTORY_SCHEMA, part_name
+from reweigh.history.writer import HistoryChunk, HistoryWriter
 
 
 def bench_writer(batch: int, steps: int, folder: Path) -> float:

@@ -233,3 +233,19 @@ def test_evaluation_and_prediction_take_datasets_with_id_columns(tmp_path):
     unlabelled = token_data(8).remove_columns('labels')  # no labels: straight to the model, without the ids
     logits = trainer.predict(unlabelled).predictions
     assert (logits[0] if isinstance(logits, tuple) else logits).shape == (8, 16, 64)
+
+
+def test_a_classlabel_domain_column_names_the_domains_of_reweigh_analyze(tmp_path, capsys):
+    from datasets import ClassLabel
+
+    from reweigh.cli.main import main
+    from reweigh.history.format import read_metadata
+
+    data = token_data().cast_column('domain', ClassLabel(names=['code', 'web', 'books']))
+    trainer = ReweighTrainer(model=tiny_gpt2(), args=training_args(tmp_path / 'run', max_steps=2), train_dataset=data,
+                             strategy='linupper', warmup=0, history_folder=tmp_path / 'history')
+    trainer.train()
+    assert read_metadata(tmp_path / 'history')['domains'] == ['code', 'web', 'books']
+    assert main(['analyze', str(tmp_path / 'history'), '--out', str(tmp_path / 'analysis')]) == 0
+    worst = capsys.readouterr().out.split('most deprioritised domain: ')[1].split()[0]
+    assert worst in ('code', 'web', 'books')

@@ -11,8 +11,8 @@ from lm_helpers import TokenDataset, make_trainer, tiny_gpt2
 from torch.utils.data import DataLoader
 
 from reweigh.algorithms import LossReweighting, compute_sample_weights
-from reweigh.analysis.format import HISTORY_SCHEMA, list_parts, truncate_history
 from reweigh.callbacks import LossHistory
+from reweigh.history.format import HISTORY_SCHEMA, list_parts, truncate_history
 
 
 class IdDataset(TokenDataset):
@@ -127,10 +127,23 @@ def test_truncate_history_warns_about_an_unreadable_part(tmp_path):
         assert truncate_history(tmp_path, 5) == 0
 
 
-def test_history_needs_the_algorithm(tmp_path):
-    trainer = make_trainer(tiny_gpt2(), [], callbacks=[LossHistory(folder=str(tmp_path))], max_duration='1ba')
-    with pytest.raises(ValueError, match='LossHistory needs LossReweighting'):
-        trainer.fit()
+def test_a_baseline_without_the_algorithm_records_uniform_weights_and_trains_as_plain(tmp_path):
+    torch.manual_seed(0)
+    plain = tiny_gpt2()
+    recorded = tiny_gpt2()
+    recorded.load_state_dict(plain.state_dict())
+    make_trainer(plain, [], train_dataloader=_loader(), max_duration='3ba').fit()
+    history = LossHistory(folder=str(tmp_path / '{run_name}'))
+    make_trainer(recorded, [], callbacks=[history], train_dataloader=_loader(), max_duration='3ba',
+                 run_name='baseline').fit()
+    for a, b in zip(plain.parameters(), recorded.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # recording leaves training untouched
+    rows = _read(tmp_path / 'baseline').to_pylist()
+    assert len(rows) == 3 * 8 and not any(r['active'] for r in rows)
+    assert [r['weight'] for r in rows] == pytest.approx([1 / 8] * 24)
+    assert [r['sample_id'] for r in rows] == [1000 + i for i in range(24)]
+    meta = json.loads(pq.read_schema(list_parts(tmp_path / 'baseline' / 'rank0')[0][2]).metadata[b'reweigh'])
+    assert meta['strategy'] == 'uniform' and meta['run_name'] == 'baseline' and 'domains' not in meta
 
 
 def test_batches_without_ids_are_recorded_with_minus_one(tmp_path):

@@ -87,6 +87,10 @@ def test_llmfoundry_train_runs_reweigh_from_yaml(dataset, tmp_path):
     train = [line for line in lines if line['kind'] == 'train']
     assert [line['step'] for line in train] == list(range(1, 7)) and train[-1]['loss_reweighting/active'] == 1.0
     assert {line['domain'] for line in lines if line['kind'] == 'eval'} == {'code', 'docs', 'boilerplate'}
+    # the loader's domain names are in the history, so `reweigh analyze` of it (no summary.json) names them
+    analyzed = subprocess.run([str(Path(sys.executable).with_name('reweigh')), 'analyze', str(tmp_path / 'history'), '--out',
+                               str(tmp_path / 'analysis')], capture_output=True, text=True, check=True).stdout
+    assert analyzed.split('most deprioritised domain: ')[1].split()[0] in ('code', 'docs', 'boilerplate'), analyzed
 
 
 def test_hf_causal_lm_from_a_local_config_takes_the_generic_path(dataset, tmp_path):

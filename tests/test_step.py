@@ -42,6 +42,18 @@ def test_the_core_imports_and_computes_without_composer_streaming_or_transformer
         metrics = WeightMetrics()
         metrics.add(out.stats, out.record.r, out.record.active)
         assert metrics.report() is not None
+
+        import tempfile
+        from reweigh.history.format import encode_metadata, list_parts
+        from reweigh.history.recorder import HistoryRecorder
+        reweighter, root = core.Reweighter('quadratic', warmup='8tok'), tempfile.mkdtemp()
+        recorder = HistoryRecorder(root, 0, encode_metadata(reweighter.settings(), run_name='loop', world_size=1))
+        for step in range(2):
+            done = reweighter.step(losses, torch.tensor([2, 2, 2]), core.Progress(step, tokens=8 * step),
+                                   sample_id=torch.arange(3))
+            recorder.record(step, done.record)
+        recorder.close()
+        assert done.record.active and len(list_parts(root, recursive=True)) == 1
         try:
             core.LossReweighting
         except ModuleNotFoundError as e:
@@ -140,3 +152,32 @@ def test_every_adapter_and_config_takes_its_defaults_from_the_core():
     assert (hf['strategy'].default, hf['r'].default, hf['delta'].default, hf['warmup'].default,
             hf['token_normalize'].default) == (DEFAULT_STRATEGY, DEFAULT_R, DEFAULT_DELTA, DEFAULT_WARMUP_STEPS,
                                                DEFAULT_TOKEN_NORMALIZE)
+
+
+def test_the_reweighter_owns_warmup_schedule_metrics_and_checkpointed_state():
+    from reweigh.algorithms.reweighter import Progress, Reweighter, parse_warmup_string
+
+    reweighter = Reweighter('linupper', r=2.0, warmup='0.5dur', r_schedule=lambda clock: 1 + clock.step)
+    assert [reweighter.is_active(Progress(3, fraction=f)) for f in (None, 0.49, 0.5)] == [False, False, True]
+    assert reweighter.current_r(Progress(3)) == 8.0 and reweighter.current_r(None) == 2.0
+    losses = torch.tensor([0.5, 1.0, 4.0])
+    out = reweighter.step(losses, torch.ones(3), Progress(1, fraction=0.9))
+    torch.testing.assert_close(out.record.weights, compute_sample_weights(losses, 'linupper', 4.0))
+    tensors, scalars = reweighter.report()
+    assert scalars == {'loss_reweighting/r': 4.0, 'loss_reweighting/active': 1.0} and reweighter.report() is None
+    reweighter.step(torch.tensor([float('nan'), 1.0]), torch.ones(2), Progress(1, fraction=0.9))
+    reweighter.report()
+    saved = reweighter.state_dict()
+    assert saved == {'strategy': 'linupper', 'r': 2.0, 'delta': 1.0, 'warmup': '0.5dur', 'token_normalize': False,
+                     'nonfinite_total': 1}
+    resumed = Reweighter('linupper', r=2.0, warmup='0.5dur')
+    resumed.load_state_dict(saved)
+    assert resumed.nonfinite_total == 1
+    with pytest.warns(UserWarning, match=r'Reweighter settings differ from the checkpoint; .* r: 2.0 -> 3.0'):
+        Reweighter('linupper', r=3.0, warmup='0.5dur').load_state_dict(saved)
+    with pytest.raises(ValueError, match='does not report tokens'):
+        Reweighter(warmup='10tok').is_active(Progress(0))
+    for bad in ('soon', '1.5ba', -1, '10 epochs'):
+        with pytest.raises(ValueError, match='warmup'):
+            parse_warmup_string(bad)
+    assert not Reweighter('uniform', warmup=0).is_active(Progress(10))

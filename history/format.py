@@ -1,19 +1,20 @@
-"""The loss-history format: one definition for the writer (:class:`~reweigh.callbacks.LossHistory`) and every reader.
+"""The loss-history format: one definition for the writer (:mod:`reweigh.history.recorder`) and every reader.
 
-A history folder holds one sub-folder per rank and one Parquet *part* per flushed step range::
+A history folder holds one sub-folder per rank (:func:`rank_folder`) and one Parquet *part* per flushed step range::
 
     history/rank0/part-000000000-000000099.parquet   # steps 0..99 of rank 0
     history/rank1/part-000000000-000000099.parquet
 
-Columns are :data:`HISTORY_SCHEMA`; the file metadata (key ``reweigh``) holds the run's strategy,
-``r``, ``delta``, ``warmup``, run name and world size as JSON. Parts appear atomically (written under a
+Columns are :data:`HISTORY_SCHEMA`; the file metadata (key :data:`METADATA_KEY`) holds the run's strategy,
+``r``, ``delta``, ``warmup``, ``token_normalize``, run name, world size and, where the data loader knew them, the
+domain names, as JSON (:func:`encode_metadata`, :func:`read_metadata`). Parts appear atomically (written under a
 temporary name starting with ``.``, then renamed), so a reader never sees a partial file; a part is still
 checked before use, since a full disk or an older writer can leave one unreadable. Folders may be local
 or on an object store (``s3://``, ``gs://``): listing and reading go through a pyarrow ``FileSystem``.
 This module imports neither torch nor Composer.
 
 Example:
-    >>> from reweigh.analysis.format import part_name, parse_part_name
+    >>> from reweigh.history.format import part_name, parse_part_name
     >>> part_name(0, 99)
     'part-000000000-000000099.parquet'
     >>> parse_part_name('part-000000100-000000199.parquet'), parse_part_name('notes.txt')
@@ -22,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -37,12 +39,16 @@ __all__ = [
     'FLOAT_COLUMNS',
     'HISTORY_SCHEMA',
     'INT_COLUMNS',
+    'METADATA_KEY',
     'Part',
+    'encode_metadata',
     'filesystem_for',
     'is_readable',
     'list_parts',
     'parse_part_name',
     'part_name',
+    'rank_folder',
+    'read_metadata',
     'truncate_history',
     'write_part',
 ]
@@ -70,6 +76,9 @@ INT_COLUMNS = ('sample_id', 'domain', 'tokens')
 FLOAT_COLUMNS = ('loss', 'weight')
 """The per-sample float columns, in the order the writer stacks them into one float32 tensor."""
 
+METADATA_KEY = b'reweigh'
+"""The Parquet file-metadata key under which every part holds the run's settings as JSON."""
+
 _PART = re.compile(r'^part-(\d{9})-(\d{9})\.parquet$')
 
 
@@ -89,6 +98,28 @@ def parse_part_name(name: str) -> tuple[int, int] | None:
     """``(first, last)`` of a part's file name, or ``None`` if ``name`` is not a finished part."""
     m = _PART.match(name)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def rank_folder(rank: int) -> str:
+    """The sub-folder of a history that holds the parts of global rank ``rank``: ``'rank{rank}'``."""
+    return f'rank{rank}'
+
+
+def encode_metadata(
+    settings: dict, *, run_name: str | None, world_size: int, domains: list[str] | None = None,
+) -> dict[bytes, bytes]:
+    """The file metadata of a run's parts: the reweighting ``settings`` (``Reweighter.settings()``), the run name,
+    the world size and, if known, the domain names by index.
+
+    Example:
+        >>> from reweigh.history.format import encode_metadata
+        >>> encode_metadata({'strategy': 'uniform'}, run_name='demo', world_size=1, domains=['code', 'web'])
+        {b'reweigh': b'{"run_name": "demo", "strategy": "uniform", "world_size": 1, "domains": ["code", "web"]}'}
+    """
+    meta = {'run_name': run_name, **settings, 'world_size': world_size}
+    if domains is not None:
+        meta['domains'] = list(domains)
+    return {METADATA_KEY: json.dumps(meta).encode()}
 
 
 def filesystem_for(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -119,7 +150,7 @@ def list_parts(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = N
 
     Example:
         >>> import tempfile
-        >>> from reweigh.analysis.format import list_parts
+        >>> from reweigh.history.format import list_parts
         >>> list_parts(tempfile.mkdtemp())
         []
     """
@@ -132,6 +163,31 @@ def list_parts(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = N
         if steps is not None:
             parts.append(Part(*steps, info.path))
     return sorted(parts, key=lambda p: p.path)
+
+
+def read_metadata(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> dict:
+    """The metadata (see :func:`encode_metadata`) of the first readable part under the history ``folder``, ``{}``
+    if there is none or it carries none (histories written before the metadata did).
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.history.format import read_metadata
+        >>> read_metadata(tempfile.mkdtemp())
+        {}
+    """
+    if filesystem is None:
+        filesystem, folder = filesystem_for(folder)
+    for part in list_parts(folder, filesystem, recursive=True):
+        try:
+            raw = (pq.ParquetFile(part.path, filesystem=filesystem).schema_arrow.metadata or {}).get(METADATA_KEY)
+        except (pa.ArrowException, OSError):
+            continue
+        try:
+            meta = json.loads(raw) if raw else {}
+        except ValueError:
+            meta = {}
+        return meta if isinstance(meta, dict) else {}
+    return {}
 
 
 def is_readable(path: str, filesystem: pafs.FileSystem | None = None) -> bool:
@@ -164,7 +220,7 @@ def truncate_history(folder: str | os.PathLike, step: int) -> int:
 
     Example:
         >>> import tempfile
-        >>> from reweigh.analysis.format import truncate_history
+        >>> from reweigh.history.format import truncate_history
         >>> truncate_history(tempfile.mkdtemp(), 10)
         0
     """

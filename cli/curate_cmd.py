@@ -107,13 +107,13 @@ def _check_history(samples: Any, manifest: Any, dataset: str) -> None:
     """The history's sample ids must be training samples of ``dataset``, in the domains it says."""
     import numpy as np
 
-    from reweigh.pipeline.ids import DOMAIN_SHIFT, SPLIT_SHIFT
+    from reweigh.pipeline.ids import decode_sample_ids
 
     ids = samples['sample_id'].to_numpy()
     if (ids < 0).any():
         raise ValueError('the history has rows without sample ids (-1): the run did not train on a reweigh dataset, '
                          'so its samples cannot be found again.')
-    domain, split, index = ids >> DOMAIN_SHIFT, (ids >> SPLIT_SHIFT) & 1, ids & ((1 << SPLIT_SHIFT) - 1)
+    domain, split, index = decode_sample_ids(ids)
     sizes = np.zeros(max(len(manifest.domains), int(domain.max(initial=0)) + 1), dtype=np.int64)
     for d in manifest.domains:
         sizes[d.index] = d.sequences.get('train', 0)

@@ -22,7 +22,7 @@ from typing import Any
 _EXPORTS = {
     'DEFAULT_DOMAINS': 'corpus', 'default_corpus': 'corpus',
     'ReweighStreamingDataset': 'dataset', 'build_eval_dataloaders': 'dataset', 'build_train_dataloader': 'dataset',
-    'make_sample_id': 'ids', 'sample_id_domains': 'ids', 'split_sample_id': 'ids',
+    'decode_sample_ids': 'ids', 'make_sample_id': 'ids', 'sample_id_domains': 'ids', 'split_sample_id': 'ids',
     'SampleLookup': 'lookup',
     'DomainInfo': 'manifest', 'Manifest': 'manifest', 'read_manifest': 'manifest',
     'PrepareResult': 'prepare', 'prepare_dataset': 'prepare', 'prepare_default_corpus': 'prepare',
@@ -57,6 +57,7 @@ __all__ = [
     'SampleLookup',
     'build_eval_dataloaders',
     'build_train_dataloader',
+    'decode_sample_ids',
     'default_corpus',
     'load_domains_file',
     'load_tokenizer',

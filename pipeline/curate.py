@@ -5,8 +5,9 @@ written with Streaming's ``MDSWriter`` to a local folder or straight to ``s3://`
 their sample ids, domains and source document ids, so a run on the copy has a history that joins the
 original's; ``curation/{domain}.parquet`` lists the kept ids in stored order, which is how
 :class:`~reweigh.pipeline.SampleLookup` finds them. The manifest records the source dataset and run, the
-rules and the counts, and is written last: a curate that stops half-way leaves no dataset that looks
-complete.
+rules and the counts, and is written last (:mod:`reweigh.pipeline.transaction`, as ``prepare_dataset``
+writes): a curate that stops half-way leaves no dataset that looks complete. Both engines filter with
+:func:`~reweigh.pipeline.filtering.copy_kept`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,23 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from reweigh.pipeline import storage
+from reweigh.pipeline.engines import check_engine, start_engine
+from reweigh.pipeline.filtering import copy_kept, mds_settings
 from reweigh.pipeline.ids import SPLITS
 from reweigh.pipeline.lookup import SampleLookup
-from reweigh.pipeline.manifest import CURATION_FOLDER, MANIFEST_NAME, DomainInfo
-from reweigh.pipeline.prepare import ENGINES, HASHES, claim_output, existing_manifest
+from reweigh.pipeline.manifest import CURATION_FOLDER, DomainInfo
+from reweigh.pipeline.rows import documents_path
+from reweigh.pipeline.transaction import DatasetWrite, dataset_write
 
-__all__ = ['ENGINES', 'CurateResult', 'copy_kept', 'curate_dataset', 'mds_settings']
+__all__ = ['CurateResult', 'curate_dataset']
 
 
 @dataclass
@@ -91,111 +94,56 @@ def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: 
     start = time.perf_counter()
     if storage.is_remote(out) == storage.is_remote(source) and os.path.abspath(str(out)) == os.path.abspath(str(source)):
         raise ValueError(f'the curated dataset cannot replace its source ({source}); choose another --out')
-    if engine not in ENGINES:
-        raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+    check_engine(engine)
     progress = sys.stderr.isatty() if progress is None else progress
-    remote = storage.is_remote(out)
-    with tempfile.TemporaryDirectory(prefix='reweigh-curate-') as staging:
-        lookup = SampleLookup(source, cache or os.path.join(staging, '.source'))
+    with dataset_write(out, 'reweigh-curate-') as write:
+        lookup = SampleLookup(source, cache or os.path.join(write.scratch, '.source'))
         manifest = lookup.manifest
-        existing = existing_manifest(out, staging, remote)
-        spark = None
-        if engine == 'spark':
-            from reweigh.pipeline.spark_session import spark_session
+        existing = write.existing()
+        spark = start_engine(engine, spark_master, progress=progress, app_name='reweigh curate')
+        write.claim(existing, overwrite)
+        kept, dropped, examples, domains = {}, {}, {}, []
+        total = sum(d.sequences.get('train', 0) for d in manifest.domains)
+        bar = tqdm(total=total, desc='curate', unit='sample', disable=not progress or spark is not None)
+        if spark is not None:
+            from reweigh.pipeline.spark_curate import curate_train
 
-            spark = spark_session(spark_master, progress=progress, app_name='reweigh curate')
-        created = claim_output(out, existing, overwrite, remote)
-        local_root = os.path.join(staging, 'out') if remote else out
-        try:
-            kept, dropped, examples, domains = {}, {}, {}, []
-            total = sum(d.sequences.get('train', 0) for d in manifest.domains)
-            bar = tqdm(total=total, desc='curate', unit='sample', disable=not progress or spark is not None)
+            curated = curate_train(spark, lookup, keeps, write.out, write.root, write.remote, shards_per_task)
+        for info in sorted(manifest.domains, key=lambda d: d.index):
             if spark is not None:
-                from reweigh.pipeline.spark_curate import curate_train
-
-                curated = curate_train(spark, lookup, keeps, out, local_root, remote, shards_per_task)
-            for info in sorted(manifest.domains, key=lambda d: d.index):
-                if spark is not None:
-                    k, dr, ex, ids = curated[info.name]
-                else:
-                    k, dr, ex, ids = _curate_domain(lookup, info, keeps, out, local_root, remote, manifest, bar)
-                kept[info.name], dropped[info.name], examples[info.name] = k, dr, ex
-                _write_ids(ids, os.path.join(local_root, CURATION_FOLDER, f'{info.name}.parquet'))
-                domains.append(replace(info, sequences={**info.sequences, 'train': k['samples']},
-                                       tokens={**info.tokens, 'train': k['tokens']}))
-                for split in SPLITS:
-                    if split != 'train':
-                        _copy_stream(lookup, info.path(split), local_root)
-            bar.close()
-            if not any(k['samples'] for k in kept.values()):
-                raise ValueError('the rules drop every training sample; loosen them')
-            for name in manifest.tokenizer.get('files', []):
-                _copy(lookup, f'{manifest.tokenizer["path"]}/{name}', local_root)
-            for info in manifest.domains:
-                _copy(lookup, f'documents/{info.name}.parquet', local_root)
-            curation = {**record, 'source_dataset': str(source), 'source_fingerprint': manifest.fingerprint,
-                        'kept': kept, 'dropped': dropped}
-            fingerprint = hashlib.sha256(json.dumps({'source': manifest.fingerprint, 'curation': curation},
-                                                    sort_keys=True, default=str).encode()).hexdigest()
-            scheme = {**manifest.sample_id_scheme, 'sequence_index': 'position of the sequence in {split}/{domain} of '
-                      f'the source dataset; the kept training ids are listed in {CURATION_FOLDER}/{{domain}}.parquet'}
-            curated = replace(manifest, domains=domains, fingerprint=fingerprint, curation=curation,
-                              source=f'curated from {source}: {manifest.source}', sample_id_scheme=scheme)
-            with open(os.path.join(local_root, MANIFEST_NAME), 'w') as f:
-                f.write(curated.to_json())
-            if remote:
-                files = [os.path.relpath(os.path.join(d, n), local_root) for d, _, ns in os.walk(local_root) for n in ns]
-                files.sort(key=lambda p: p == MANIFEST_NAME)  # the manifest goes last: it marks the dataset complete
-                storage.upload(local_root, out, files)
-        except BaseException:
-            if created:  # a local output (claim_output emptied an overwritten one): remove it whole
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+                k, dr, ex, ids = curated[info.name]
+            else:
+                k, dr, ex, ids = _curate_domain(lookup, info, keeps, write, manifest, bar)
+            kept[info.name], dropped[info.name], examples[info.name] = k, dr, ex
+            _write_ids(ids, os.path.join(write.root, CURATION_FOLDER, f'{info.name}.parquet'))
+            domains.append(replace(info, sequences={**info.sequences, 'train': k['samples']},
+                                   tokens={**info.tokens, 'train': k['tokens']}))
+            for split in SPLITS:
+                if split != 'train':
+                    _copy_stream(lookup, info.path(split), write.root)
+        bar.close()
+        if not any(k['samples'] for k in kept.values()):
+            raise ValueError('the rules drop every training sample; loosen them')
+        for name in manifest.tokenizer.get('files', []):
+            _copy(lookup, f'{manifest.tokenizer["path"]}/{name}', write.root)
+        for info in manifest.domains:
+            _copy(lookup, documents_path(info.name), write.root)
+        curation = {**record, 'source_dataset': str(source), 'source_fingerprint': manifest.fingerprint,
+                    'kept': kept, 'dropped': dropped}
+        fingerprint = hashlib.sha256(json.dumps({'source': manifest.fingerprint, 'curation': curation},
+                                                sort_keys=True, default=str).encode()).hexdigest()
+        scheme = {**manifest.sample_id_scheme, 'sequence_index': 'position of the sequence in {split}/{domain} of '
+                  f'the source dataset; the kept training ids are listed in {CURATION_FOLDER}/{{domain}}.parquet'}
+        write.commit(replace(manifest, domains=domains, fingerprint=fingerprint, curation=curation,
+                             source=f'curated from {source}: {manifest.source}', sample_id_scheme=scheme))
     seconds = time.perf_counter() - start
     return CurateResult(kept, dropped, examples, seconds, total / max(seconds, 1e-9))
 
 
-def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int], bool], out: str, local_root: str,
-                   remote: bool, manifest: Any, bar: Any) -> tuple[dict[str, int], dict[str, int], list[int], list[int]]:
-    from streaming import MDSWriter
-
-    rel = info.path('train')
-    dest: str | tuple[str, str] = os.path.join(local_root, rel)
-    if remote:
-        dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
-    with storage.writing(storage.join(out, rel)):
-        writer = MDSWriter(out=dest, exist_ok=True, **mds_settings(manifest))
-    result = copy_kept(lookup.samples(info.name, 'train'), keeps, writer, bar)
-    with storage.writing(storage.join(out, rel)):
-        writer.finish()
-    return result  # to a remote out, MDSWriter uploaded the shards and removed its local copy
-
-
-def mds_settings(manifest: Any) -> dict[str, Any]:
-    """The ``MDSWriter`` settings of a curated copy: those the source dataset was written with."""
-    return {'columns': manifest.mds['columns'], 'compression': manifest.mds.get('compression'),
-            'hashes': manifest.mds.get('hashes', HASHES), 'size_limit': manifest.config.get('shard_size_limit', 1 << 24)}
-
-
-def copy_kept(samples: Iterable[dict[str, Any]], keeps: Callable[[int], bool], writer: Any,
-              bar: Any = None) -> tuple[dict[str, int], dict[str, int], list[int], list[int]]:
-    """Write the samples ``keeps`` keeps to ``writer``; return kept and dropped counts, dropped examples, kept ids."""
-    kept, dropped = {'samples': 0, 'tokens': 0}, {'samples': 0, 'tokens': 0}
-    ids, examples = [], []
-    for sample in samples:
-        sid = int(sample['sample_id'])
-        counts = kept if keeps(sid) else dropped
-        counts['samples'] += 1
-        counts['tokens'] += len(sample['input_ids'])
-        if counts is kept:
-            writer.write({'input_ids': sample['input_ids'], 'sample_id': sid, 'domain': int(sample['domain']),
-                          'doc_ids': sample['doc_ids']})
-            ids.append(sid)
-        elif len(examples) < 20:
-            examples.append(sid)
-        if bar is not None:
-            bar.update(1)
-    return kept, dropped, examples, ids
+def _curate_domain(lookup: SampleLookup, info: DomainInfo, keeps: Callable[[int], bool], write: DatasetWrite,
+                   manifest: Any, bar: Any) -> tuple[dict[str, int], dict[str, int], list[int], list[int]]:
+    with write.stream(info.path('train'), **mds_settings(manifest)) as writer:
+        return copy_kept(lookup.samples(info.name, 'train'), keeps, writer, bar)
 
 
 def _write_ids(ids: list[int], path: str) -> None:

@@ -5,6 +5,9 @@ manifest in bits 48-62 (up to 32768 domains), the split in bit 47 (``0`` train, 
 sequence's position in its domain's split in bits 0-46. It is written into every shard at prepare
 time, so it does not depend on shuffling, mixing, or the number of ranks and workers that read it.
 
+Every reader decodes ids here: one at a time with :func:`split_sample_id`, many at once with
+:func:`decode_sample_ids` (or only their domains, :func:`sample_id_domains`).
+
 Example:
     >>> sid = make_sample_id(2, 'val', 5)
     >>> split_sample_id(sid)
@@ -16,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ['DOMAIN_SHIFT', 'SPLITS', 'SPLIT_SHIFT', 'make_sample_id', 'sample_id_domains', 'split_sample_id']
+__all__ = ['DOMAIN_SHIFT', 'SPLITS', 'SPLIT_SHIFT', 'decode_sample_ids', 'make_sample_id', 'sample_id_domains', 'split_sample_id']
 
 SPLITS: tuple[str, ...] = ('train', 'val')
 """Split names, in the order of their split bit."""
@@ -24,6 +27,7 @@ DOMAIN_SHIFT = 48
 SPLIT_SHIFT = 47
 _MAX_DOMAINS = 1 << (63 - DOMAIN_SHIFT)
 _MAX_INDEX = 1 << SPLIT_SHIFT
+_INDEX_MASK = _MAX_INDEX - 1
 
 
 def make_sample_id(domain_index: int, split: str, sequence_index: int) -> int:
@@ -60,7 +64,29 @@ def split_sample_id(sample_id: int) -> tuple[int, str, int]:
     sample_id = int(sample_id)
     if sample_id < 0:
         raise ValueError(f'sample ids are non-negative, got {sample_id}')
-    return sample_id >> DOMAIN_SHIFT, SPLITS[(sample_id >> SPLIT_SHIFT) & 1], sample_id & (_MAX_INDEX - 1)
+    return sample_id >> DOMAIN_SHIFT, SPLITS[(sample_id >> SPLIT_SHIFT) & 1], sample_id & _INDEX_MASK
+
+
+def decode_sample_ids(sample_ids: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``(domain_index, split_bit, sequence_index)`` arrays of many sample ids at once (vectorised).
+
+    The inverse of :func:`make_sample_id` for each id: the split as its bit, an index into :data:`SPLITS`.
+    Ids are not checked (a negative one decodes to a negative domain).
+
+    Args:
+        sample_ids (ArrayLike): Sample ids, any shape.
+
+    Returns:
+        tuple[NDArray, NDArray, NDArray]: Domain indices, split bits and sequence indices, ``int64``, the
+        shape of ``sample_ids``.
+
+    Example:
+        >>> domain, split, index = decode_sample_ids([make_sample_id(0, 'train', 7), make_sample_id(4, 'val', 0)])
+        >>> domain.tolist(), [SPLITS[b] for b in split], index.tolist()
+        ([0, 4], ['train', 'val'], [7, 0])
+    """
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    return ids >> DOMAIN_SHIFT, (ids >> SPLIT_SHIFT) & 1, ids & _INDEX_MASK
 
 
 def sample_id_domains(sample_ids: ArrayLike) -> NDArray[np.int64]:
@@ -70,4 +96,4 @@ def sample_id_domains(sample_ids: ArrayLike) -> NDArray[np.int64]:
         >>> sample_id_domains([make_sample_id(0, 'train', 7), make_sample_id(4, 'val', 0)]).tolist()
         [0, 4]
     """
-    return np.asarray(sample_ids, dtype=np.int64) >> DOMAIN_SHIFT
+    return decode_sample_ids(sample_ids)[0]

@@ -2,9 +2,11 @@
 
 Each domain's documents are numbered in reading order; document ``i`` goes to the held-out ``val`` split
 when ``i % val_every == 0`` (``val_every = round(1 / val_fraction)``, so every domain with two or more
-documents has both splits), else to ``train``. Within a split, documents are tokenised, followed by EOS,
-and packed into sequences of ``seq_len`` tokens (see :mod:`reweigh.pipeline.packing`), written as one
-MDS stream per split and domain (layout: :mod:`reweigh.pipeline.manifest`).
+documents has both splits), else to ``train`` (:mod:`reweigh.pipeline.splits`). Within a split, documents
+are tokenised (:mod:`reweigh.pipeline.encode`), followed by EOS, and packed into sequences of ``seq_len``
+tokens (see :mod:`reweigh.pipeline.packing`), written as one MDS stream per split and domain (layout:
+:mod:`reweigh.pipeline.manifest`; rows: :mod:`reweigh.pipeline.rows`), through one
+:mod:`~reweigh.pipeline.transaction` (the manifest last; nothing left behind by a failure).
 
 With ``engine='spark'`` the same dataset is made by a Spark cluster (or ``local[*]``): see
 :mod:`reweigh.pipeline.spark_prepare` for how, and for how sample ids stay those of the local engine.
@@ -30,32 +32,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from reweigh.pipeline import shards, storage
+from reweigh.pipeline import shards, splits
 from reweigh.pipeline.corpus import default_corpus
+from reweigh.pipeline.encode import encode_documents, non_empty
+from reweigh.pipeline.engines import check_engine, start_engine
 from reweigh.pipeline.ids import SPLITS, make_sample_id
-from reweigh.pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, DomainInfo, Manifest, read_manifest
+from reweigh.pipeline.manifest import FORMAT_VERSION, DomainInfo, Manifest
 from reweigh.pipeline.packing import SequencePacker
-from reweigh.pipeline.sources import Document, DomainSpec, iter_documents
+from reweigh.pipeline.rows import DOCUMENTS_FOLDER, documents_path, documents_table, sample_row, token_dtype
+from reweigh.pipeline.shards import HASHES
+from reweigh.pipeline.sources import DomainSpec, iter_documents
 from reweigh.pipeline.tokenizer import load_tokenizer, train_bpe_tokenizer
+from reweigh.pipeline.transaction import DatasetWrite, dataset_write
 
-__all__ = ['ENGINES', 'PrepareResult', 'check_counts', 'prepare_dataset', 'prepare_default_corpus']
-
-HASHES = ['sha1', 'xxh64']
-ENGINES = ('local', 'spark')
-"""Where the work runs: this process, or a Spark cluster."""
-_ENCODE_BATCH = 64
+__all__ = ['PrepareResult', 'prepare_dataset', 'prepare_default_corpus']
 
 
 @dataclass
@@ -139,11 +138,10 @@ def prepare_dataset(
         raise ValueError(f'val_fraction must be in (0, 0.5], got {val_fraction}')
     if seq_len < 2:
         raise ValueError(f'seq_len must be at least 2, got {seq_len}')
-    if engine not in ENGINES:
-        raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+    check_engine(engine)
     sample_bytes = tokenizer_sample_bytes if engine == 'spark' and tokenizer is None else None
     progress = sys.stderr.isatty() if progress is None else progress
-    val_every = max(2, round(1 / val_fraction))
+    val_every = splits.val_every(val_fraction)
     config = {'tokenizer': tokenizer, 'vocab_size': None if tokenizer else vocab_size, 'seq_len': seq_len,
               'val_fraction': val_fraction, 'val_every': val_every, 'compression': compression,
               'hashes': HASHES, 'shard_size_limit': shard_size_limit}
@@ -153,56 +151,38 @@ def prepare_dataset(
         {'format_version': FORMAT_VERSION, 'config': config, 'domains': [d.fingerprint() for d in domains]},
         sort_keys=True, default=str).encode()).hexdigest()
 
-    remote = storage.is_remote(out)
-    with tempfile.TemporaryDirectory(prefix='reweigh-prepare-') as staging:
-        existing = existing_manifest(out, staging, remote)
+    with dataset_write(out, 'reweigh-prepare-') as write:
+        existing = write.existing()
         if existing is not None and existing.fingerprint == fingerprint and not overwrite:
             print(f'{out} already holds this dataset (fingerprint {fingerprint[:12]}); nothing to do.',
                   file=sys.stderr)
             return PrepareResult(existing, True, time.perf_counter() - start, 0)
-        spark = None
-        if engine == 'spark':
-            from reweigh.pipeline.spark_session import spark_session
+        spark = start_engine(engine, spark_master, progress=progress, app_name='reweigh prepare')
+        write.claim(existing, overwrite)
+        tok = _get_tokenizer(tokenizer, domains, vocab_size, progress, sample_bytes)
+        tokenizer_dir = os.path.join(write.root, 'tokenizer')
+        tok.save_pretrained(tokenizer_dir)
+        columns = shards.columns(len(tok))
+        if spark is not None:
+            from reweigh.pipeline.spark_prepare import write_domains
 
-            spark = spark_session(spark_master, progress=progress, app_name='reweigh prepare')
-        created = claim_output(out, existing, overwrite, remote)
-        local_root = staging if remote else out
-        try:
-            tok = _get_tokenizer(tokenizer, domains, vocab_size, progress, sample_bytes)
-            tok.save_pretrained(os.path.join(local_root, 'tokenizer'))
-            if spark is not None:
-                from reweigh.pipeline.spark_prepare import write_domains
-
-                infos = write_domains(spark, domains, os.path.join(local_root, 'tokenizer'), tok.eos_token_id,
-                                      seq_len, val_every, out, local_root, remote, shards.columns(len(tok)),
-                                      compression, HASHES, shard_size_limit, sequences_per_task)
-            else:
-                infos = []
-                os.makedirs(os.path.join(local_root, 'documents'), exist_ok=True)
-                for index, spec in enumerate(domains):
-                    infos.append(_write_domain(spec, index, tok, seq_len, val_every, out, local_root, remote,
-                                               compression, shard_size_limit, progress))
-            manifest = Manifest(
-                seq_len=seq_len, domains=infos, fingerprint=fingerprint, source=source,
-                config={**config, 'engine': engine},
-                tokenizer={'path': 'tokenizer', 'source': tokenizer or 'byte-level BPE trained on this corpus',
-                           'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
-                           'pad_token_id': tok.pad_token_id, 'eos_token': tok.eos_token,
-                           'files': sorted(os.listdir(os.path.join(local_root, 'tokenizer')))},
-                mds={'compression': compression, 'hashes': HASHES, 'layout': '{split}/{domain}',
-                     'columns': shards.columns(len(tok))},
-            )
-            with open(os.path.join(local_root, MANIFEST_NAME), 'w') as f:
-                f.write(manifest.to_json())
-            if remote:
-                files = [os.path.relpath(os.path.join(d, n), staging) for d, _, ns in os.walk(staging) for n in ns]
-                # The manifest goes last: it marks the dataset complete.
-                files.sort(key=lambda p: p == MANIFEST_NAME)
-                storage.upload(staging, out, files)
-        except BaseException:
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+            infos = write_domains(spark, domains, tokenizer_dir, tok.eos_token_id, seq_len, val_every, write.out,
+                                  write.root, write.remote, columns, compression, HASHES, shard_size_limit,
+                                  sequences_per_task)
+        else:
+            os.makedirs(os.path.join(write.root, DOCUMENTS_FOLDER), exist_ok=True)
+            infos = [_write_domain(spec, index, tok, columns, seq_len, val_every, write, compression, shard_size_limit,
+                                   progress) for index, spec in enumerate(domains)]
+        manifest = Manifest(
+            seq_len=seq_len, domains=infos, fingerprint=fingerprint, source=source,
+            config={**config, 'engine': engine},
+            tokenizer={'path': 'tokenizer', 'source': tokenizer or 'byte-level BPE trained on this corpus',
+                       'vocab_size': len(tok), 'eos_token_id': tok.eos_token_id,
+                       'pad_token_id': tok.pad_token_id, 'eos_token': tok.eos_token,
+                       'files': sorted(os.listdir(tokenizer_dir))},
+            mds={'compression': compression, 'hashes': HASHES, 'layout': '{split}/{domain}', 'columns': columns},
+        )
+        write.commit(manifest)
     tokens = sum(sum(d.tokens.values()) for d in infos)
     return PrepareResult(manifest, False, time.perf_counter() - start, tokens)
 
@@ -220,38 +200,6 @@ def prepare_default_corpus(out: str | os.PathLike, *, max_bytes_per_domain: int 
     return prepare_dataset(domains, out, vocab_size=vocab_size, seq_len=seq_len, source=source, **kwargs)
 
 
-def existing_manifest(out: str, staging: str, remote: bool) -> Manifest | None:
-    if remote:
-        storage.check_writable(out, os.path.join(staging, '.probe'))
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f'output {out!r} exists and is not a folder')
-    try:
-        return read_manifest(out, os.path.join(staging, '.manifest') if remote else None)
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        if remote:
-            raise
-        return None
-
-
-def claim_output(out: str, existing: Manifest | None, overwrite: bool, remote: bool) -> bool:
-    """Make sure ``out`` may be written; return whether it is a fresh local folder (removed on failure)."""
-    if remote:
-        if existing is not None and not overwrite:
-            raise ValueError(f'{out} already holds a different dataset (other inputs or settings); '
-                             'pass overwrite=True (--overwrite) to replace it')
-        return False
-    if os.path.isdir(out) and os.listdir(out):
-        if not overwrite:
-            what = 'a different dataset (other inputs or settings)' if existing else 'other or incomplete data'
-            raise ValueError(f'output folder {out} already holds {what}; pass overwrite=True (--overwrite) '
-                             'to replace it, or choose an empty folder')
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    return True
-
-
 def _get_tokenizer(name: str | None, domains: Sequence[DomainSpec], vocab_size: int, progress: bool,
                    sample_bytes: int | None = None):
     """Load ``name``, or train a BPE on every domain's documents (or each one's first ``sample_bytes``)."""
@@ -262,90 +210,54 @@ def _get_tokenizer(name: str | None, domains: Sequence[DomainSpec], vocab_size: 
     def texts() -> Iterator[str]:
         for spec in domains:
             used = 0
-            for doc in tqdm(iter_documents(spec), desc=f'tokenizer: reading {spec.name}', unit='doc',
-                            disable=not progress):
+            for doc in non_empty(tqdm(iter_documents(spec), desc=f'tokenizer: reading {spec.name}', unit='doc',
+                                      disable=not progress)):
                 if sample_bytes is not None and used >= sample_bytes:
                     break
-                if doc.text.strip():
-                    counts[spec.name] += 1
-                    used += len(doc.text.encode('utf-8'))
-                    yield doc.text
+                counts[spec.name] += 1
+                used += len(doc.text.encode('utf-8'))
+                yield doc.text
 
     tok = train_bpe_tokenizer(texts(), vocab_size=vocab_size)
     if sample_bytes is None:  # a sample does not count every document; the engine checks them
-        check_counts(domains, counts)
+        splits.check_counts(domains, counts)
     return tok
 
 
-def check_counts(domains: Sequence[DomainSpec], counts: dict[str, int]) -> None:
-    """Check that every domain has at least two non-empty documents (``counts`` by domain name).
-
-    Raises:
-        ValueError: Naming the first domain with none or one.
-    """
-    for spec in domains:
-        if counts[spec.name] == 0:
-            raise ValueError(f'domain {spec.name!r} is empty: {spec.describe()} has no non-empty documents')
-        if counts[spec.name] == 1:
-            raise ValueError(f'domain {spec.name!r} has a single document ({spec.describe()}); '
-                             'a train/val split needs at least 2 (give a folder or JSONL with more documents)')
-
-
-def _batched(docs: Iterator[Document], n: int) -> Iterator[list[Document]]:
-    while batch := list(islice(docs, n)):
-        yield batch
-
-
-def _write_domain(spec: DomainSpec, index: int, tok: Any, seq_len: int, val_every: int, out: str, local_root: str,
-                  remote: bool, compression: str, shard_size_limit: int, progress: bool) -> DomainInfo:
-    import pyarrow as pa
+def _write_domain(spec: DomainSpec, index: int, tok: Any, columns: dict[str, str], seq_len: int, val_every: int,
+                  write: DatasetWrite, compression: str, shard_size_limit: int, progress: bool) -> DomainInfo:
     import pyarrow.parquet as pq
-    from streaming import MDSWriter
 
-    columns = shards.columns(len(tok))
-    dtype = np.uint16 if columns['input_ids'] == 'ndarray:uint16' else np.uint32
+    dtype = token_dtype(columns)
     info = DomainInfo(name=spec.name, index=index, source=spec.describe(),
                       documents={s: 0 for s in SPLITS}, sequences={s: 0 for s in SPLITS}, tokens={s: 0 for s in SPLITS})
     packers = {s: SequencePacker(seq_len, tok.eos_token_id) for s in SPLITS}
-    writers = {}
-    for split in SPLITS:
-        rel = info.path(split)
-        dest: str | tuple[str, str] = os.path.join(local_root, rel)
-        if remote:
-            dest = (os.path.join(local_root, '.shards', rel), storage.join(out, rel))
-        with storage.writing(storage.join(out, rel)):
-            writers[split] = MDSWriter(out=dest, columns=columns, compression=compression, hashes=HASHES,
-                                       size_limit=shard_size_limit, progress_bar=progress, exist_ok=True)
+    table: dict[str, list] = {'doc_ids': [], 'splits': [], 'sources': [], 'chars': []}
+    mds = {'columns': columns, 'compression': compression, 'hashes': HASHES, 'size_limit': shard_size_limit,
+           'progress_bar': progress}
+    with ExitStack() as streams:
+        writers = {split: streams.enter_context(write.stream(info.path(split), **mds)) for split in SPLITS}
 
-    def write(split: str, sequences: list) -> None:
-        for seq, doc_ids in sequences:
-            sid = make_sample_id(index, split, info.sequences[split])
-            writers[split].write({'input_ids': seq.astype(dtype), 'sample_id': sid, 'domain': index,
-                                  'doc_ids': np.asarray(doc_ids, dtype=np.int64)})
-            info.sequences[split] += 1
-            info.tokens[split] += len(seq)
+        def write_sequences(split: str, sequences: list) -> None:
+            for seq, doc_ids in sequences:
+                sid = make_sample_id(index, split, info.sequences[split])
+                writers[split].write(sample_row(seq, sid, index, doc_ids, dtype))
+                info.sequences[split] += 1
+                info.tokens[split] += len(seq)
 
-    table: dict[str, list] = {'doc_id': [], 'split': [], 'source': [], 'chars': []}
-    docs = (d for d in iter_documents(spec) if d.text.strip())
-    bar = tqdm(desc=f'prepare: {spec.name}', unit='doc', disable=not progress)
-    for batch in _batched(docs, _ENCODE_BATCH):
-        encoded = tok([d.text for d in batch], add_special_tokens=False)['input_ids']
-        for doc, ids in zip(batch, encoded):
-            doc_id = len(table['doc_id'])
-            split = 'val' if doc_id % val_every == 0 else 'train'
-            write(split, packers[split].add(doc_id, ids))
-            info.documents[split] += 1
-            for key, value in (('doc_id', doc_id), ('split', split), ('source', doc.source), ('chars', len(doc.text))):
-                table[key].append(value)
-        bar.update(len(batch))
-    bar.close()
-    for split in SPLITS:
-        write(split, packers[split].finish())
-    check_counts([spec], {spec.name: len(table['doc_id'])})
-    for split in SPLITS:
-        with storage.writing(storage.join(out, info.path(split))):
-            writers[split].finish()
-    pq.write_table(pa.table({'doc_id': pa.array(table['doc_id'], pa.int64()), 'split': table['split'],
-                             'source': table['source'], 'chars': pa.array(table['chars'], pa.int64())}),
-                   os.path.join(local_root, 'documents', f'{spec.name}.parquet'))
+        bar = tqdm(desc=f'prepare: {spec.name}', unit='doc', disable=not progress)
+        for batch, encoded in encode_documents(tok, iter_documents(spec)):
+            for doc, ids in zip(batch, encoded):
+                doc_id = len(table['doc_ids'])
+                split = splits.document_split(doc_id, val_every)
+                write_sequences(split, packers[split].add(doc_id, ids))
+                info.documents[split] += 1
+                for key, value in (('doc_ids', doc_id), ('splits', split), ('sources', doc.source), ('chars', len(doc.text))):
+                    table[key].append(value)
+            bar.update(len(batch))
+        bar.close()
+        for split in SPLITS:
+            write_sequences(split, packers[split].finish())
+        splits.check_counts([spec], {spec.name: len(table['doc_ids'])})
+    pq.write_table(documents_table(**table), os.path.join(write.root, documents_path(spec.name)))
     return info

@@ -5,7 +5,8 @@ unpickle whatever the shard holds, and a shard's file name is joined onto the lo
 reader of a reweigh dataset checks each stream's index against this contract before it reads a shard:
 the columns and encodings must be exactly those the dataset's manifest lists (which must be these),
 shards must be MDS with a known compression, and file names must stay inside the stream's folder.
-The writer (:func:`reweigh.pipeline.prepare.prepare_dataset`) takes its columns from here too.
+The writers (:func:`reweigh.pipeline.prepare.prepare_dataset`, :func:`reweigh.pipeline.curate.curate_dataset`)
+take their columns and shard hashes from here too.
 
 Example:
     >>> columns(vocab_size=4096)
@@ -30,8 +31,8 @@ import numpy as np
 from reweigh.safety.names import check_relative_path
 
 __all__ = [
-    'ENCODINGS', 'INDEX_VERSION', 'check_columns', 'check_index', 'columns', 'decompress', 'hash_hex', 'is_compression',
-    'merge_indexes', 'read_index', 'read_sample',
+    'ENCODINGS', 'HASHES', 'INDEX_VERSION', 'check_columns', 'check_index', 'columns', 'decompress', 'hash_hex',
+    'is_compression', 'merge_indexes', 'read_index', 'read_sample',
 ]
 
 ENCODINGS: dict[str, tuple[str, ...]] = {
@@ -41,6 +42,9 @@ ENCODINGS: dict[str, tuple[str, ...]] = {
     'doc_ids': ('ndarray:int64',),
 }
 """Every column of a reweigh MDS sample and the encodings it may have (none of them runs code)."""
+
+HASHES = ['sha1', 'xxh64']
+"""The hashes recorded for every shard of a prepared dataset (``MDSWriter(hashes=...)``); a curated copy keeps its source's."""
 
 INDEX_VERSION = 2
 

@@ -2,10 +2,11 @@
 
 Each domain's training stream is cut into runs of ``shards_per_task`` consecutive shards. A task reads
 its run from the source dataset (through its own :class:`~reweigh.pipeline.SampleLookup`, so a remote
-source is downloaded by the executor), keeps the samples the selection keeps, and writes them as one
-part of the stream (:mod:`reweigh.pipeline.parts`, straight to object storage for a remote output). The
-driver merges the parts' indexes in order, so the curated stream holds the kept samples in the
-source's order, as the local engine writes them. The selection (any ``keeps(sample_id)`` cloudpickle can
+source is downloaded by the executor), keeps the samples the selection keeps
+(:func:`~reweigh.pipeline.filtering.copy_kept`, as the local engine does), and writes them as one part of
+the stream (:mod:`reweigh.pipeline.parts`, straight to object storage for a remote output). The driver
+merges the parts' indexes in order, so the curated stream holds the kept samples in the source's order,
+as the local engine writes them. The selection (any ``keeps(sample_id)`` cloudpickle can
 serialise: :meth:`reweigh.analysis.curation.Selection.keeps`, a lambda) is broadcast to the executors once.
 
 Example:
@@ -24,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from reweigh.pipeline.curate import copy_kept, mds_settings
+from reweigh.pipeline.filtering import copy_kept, mds_settings
 from reweigh.pipeline.lookup import SampleLookup
 from reweigh.pipeline.parts import part_writer, write_merged_index
 

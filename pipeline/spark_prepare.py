@@ -9,7 +9,7 @@ steps run over them:
 1. Executors read and tokenise each unit (kept in Spark's storage, memory then disk) and the driver
    collects the number of non-empty documents per unit. A document's id is its position in its domain's
    reading order, as in the local engine: the documents of the units before it, plus its place in its
-   unit. That is what fixes the split (``doc_id % val_every == 0`` is ``val``) and the sample ids.
+   unit. That is what fixes the split (:mod:`reweigh.pipeline.splits`) and the sample ids.
 2. Executors count each unit's tokens per split; the driver turns the counts into each unit's offset in
    its split's concatenation.
 3. Executors cut each unit at the sequence boundaries (:func:`~reweigh.pipeline.packing.cut_pieces`) and
@@ -22,7 +22,8 @@ steps run over them:
    ``index.json``. A sample's position in its stream is therefore its sequence index, which is what
    :class:`~reweigh.pipeline.SampleLookup` relies on.
 
-The documents table is written by the driver from the units in order, one read task's units in memory at a time.
+The documents table (:mod:`reweigh.pipeline.rows`, as the local engine's) is written by the driver from the units
+in order, one read task's units in memory at a time.
 A rerun with the same inputs gives the same ids: they depend on the sorted file listing and the reading
 order within files, never on partitioning, executors or timing.
 
@@ -47,11 +48,13 @@ from typing import Any
 
 import numpy as np
 
+from reweigh.pipeline import splits
+from reweigh.pipeline.encode import encode_documents
 from reweigh.pipeline.ids import SPLITS, make_sample_id
 from reweigh.pipeline.manifest import DomainInfo
 from reweigh.pipeline.packing import Piece, cut_pieces, join_pieces
 from reweigh.pipeline.parts import part_writer, write_merged_index
-from reweigh.pipeline.prepare import check_counts
+from reweigh.pipeline.rows import DOCUMENTS_FOLDER, documents_path, documents_schema, documents_table, sample_row, token_dtype
 from reweigh.pipeline.sources import Document, DomainSpec, iter_documents, iter_file, list_files
 
 __all__ = ['DOCS_PER_UNIT', 'READ_TASKS_PER_CORE', 'default_sequences_per_task', 'write_domains']
@@ -61,7 +64,6 @@ DOCS_PER_UNIT = 1024
 READ_TASKS_PER_CORE = 4
 """Read-and-tokenise tasks per core of the cluster (``defaultParallelism``); the driver writes the documents
 table one task's units at a time."""
-_ENCODE_BATCH = 64
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -124,8 +126,8 @@ def write_domains(spark: Any, domains: Sequence[DomainSpec], tokenizer_dir: str,
     from pyspark import StorageLevel
 
     sc = spark.sparkContext
-    dtype = np.uint16 if columns['input_ids'] == 'ndarray:uint16' else np.uint32
-    per_task = sequences_per_task or default_sequences_per_task(seq_len, shard_size_limit, dtype().itemsize)
+    dtype = token_dtype(columns)
+    per_task = sequences_per_task or default_sequences_per_task(seq_len, shard_size_limit, dtype.itemsize)
     # addFile names must be unique for the session's lifetime; the copy gives each call its own.
     shipped = os.path.join(local_root, '.spark', f'tokenizer-{uuid.uuid4().hex}')
     shutil.copytree(tokenizer_dir, shipped)
@@ -139,7 +141,7 @@ def write_domains(spark: Any, domains: Sequence[DomainSpec], tokenizer_dir: str,
         # Job 1: documents per unit -> each unit's first document id.
         counts = dict(tokenised.map(lambda t: ((t.domain, t.index), len(t.ids))).collect())
         doc_offsets, documents = _offsets(counts, len(domains))
-        check_counts(domains, {spec.name: documents[i] for i, spec in enumerate(domains)})
+        splits.check_counts(domains, {spec.name: documents[i] for i, spec in enumerate(domains)})
         doc_offsets_b = sc.broadcast(doc_offsets)
         # Job 2: tokens per unit and split -> each unit's offset in its split's concatenation.
         lengths = dict(tokenised.map(lambda t: ((t.domain, t.index), _split_tokens(t, doc_offsets_b.value, val_every)))
@@ -200,13 +202,12 @@ def _tokenizer(name: str) -> Any:
 
 
 def _tokenise(unit: _Unit, tokenizer: str) -> _Tokenised:
-    tok = _tokenizer(tokenizer)
-    docs = [d for d in unit.documents() if d.text.strip()]
-    ids: list[np.ndarray] = []
-    for start in range(0, len(docs), _ENCODE_BATCH):
-        batch = tok([d.text for d in docs[start:start + _ENCODE_BATCH]], add_special_tokens=False)['input_ids']
-        ids += [np.asarray(x, dtype=np.int32) for x in batch]
-    return _Tokenised(unit.domain, unit.index, [d.source for d in docs], [len(d.text) for d in docs], ids)
+    t = _Tokenised(unit.domain, unit.index, [], [], [])
+    for batch, encoded in encode_documents(_tokenizer(tokenizer), unit.documents()):
+        t.sources += [d.source for d in batch]
+        t.chars += [len(d.text) for d in batch]
+        t.ids += [np.asarray(x, dtype=np.int32) for x in encoded]
+    return t
 
 
 def _offsets(counts: dict[tuple[int, int], int], n_domains: int) -> tuple[dict[tuple[int, int], int], list[int]]:
@@ -218,14 +219,14 @@ def _offsets(counts: dict[tuple[int, int], int], n_domains: int) -> tuple[dict[t
     return offsets, totals
 
 
-def _splits(t: _Tokenised, first_doc: int, val_every: int) -> list[int]:
+def _split_bits(t: _Tokenised, first_doc: int, val_every: int) -> list[int]:
     """The split bit of each document of ``t``."""
-    return [int((first_doc + i) % val_every == 0) for i in range(len(t.ids))]
+    return [splits.split_bit(first_doc + i, val_every) for i in range(len(t.ids))]
 
 
 def _split_tokens(t: _Tokenised, doc_offsets: dict[tuple[int, int], int], val_every: int) -> list[int]:
     lengths = [0] * len(SPLITS)
-    for bit, ids in zip(_splits(t, doc_offsets[t.domain, t.index], val_every), t.ids):
+    for bit, ids in zip(_split_bits(t, doc_offsets[t.domain, t.index], val_every), t.ids):
         lengths[bit] += len(ids) + 1
     return lengths
 
@@ -244,7 +245,7 @@ def _token_offsets(lengths: dict[tuple[int, int], list[int]]) -> tuple[dict[tupl
 def _pieces(t: _Tokenised, doc_offsets: dict[tuple[int, int], int], token_offsets: dict[tuple[int, int, int], int],
             val_every: int, seq_len: int, eos_id: int) -> list[tuple[tuple[int, int, int], Piece]]:
     first = doc_offsets[t.domain, t.index]
-    bits = _splits(t, first, val_every)
+    bits = _split_bits(t, first, val_every)
     out = []
     for bit in range(len(SPLITS)):
         docs = [(first + i, ids) for i, (b, ids) in enumerate(zip(bits, t.ids)) if b == bit]
@@ -282,8 +283,7 @@ def _write_task(task: int, records: Iterator[tuple[tuple[int, int, int], Piece]]
     mds = {'columns': columns, 'compression': compression, 'hashes': hashes, 'size_limit': size_limit}
     with part_writer(out, local_root, f'{split}/{names[domain]}', part, remote, **mds) as (writer, index):
         for k, (tokens, doc_ids) in sequences:
-            writer.write({'input_ids': tokens.astype(dtype), 'sample_id': make_sample_id(domain, split, k),
-                          'domain': domain, 'doc_ids': np.asarray(doc_ids, dtype=np.int64)})
+            writer.write(sample_row(tokens, make_sample_id(domain, split, k), domain, doc_ids, dtype))
     yield {'rel': f'{split}/{names[domain]}', 'part': part, 'index': index}
 
 
@@ -300,10 +300,9 @@ def _infos(domains: Sequence[DomainSpec], documents: list[int], val_every: int, 
            seq_len: int) -> list[DomainInfo]:
     infos = []
     for index, spec in enumerate(domains):
-        val_docs = math.ceil(documents[index] / val_every)
         infos.append(DomainInfo(
             name=spec.name, index=index, source=spec.describe(),
-            documents={'train': documents[index] - val_docs, 'val': val_docs},
+            documents=splits.split_documents(documents[index], val_every),
             sequences={s: math.ceil(totals[index, b] / seq_len) for b, s in enumerate(SPLITS)},
             tokens={s: totals[index, b] for b, s in enumerate(SPLITS)}))
     return infos
@@ -312,22 +311,19 @@ def _infos(domains: Sequence[DomainSpec], documents: list[int], val_every: int, 
 def _write_documents(tokenised: Any, domains: Sequence[DomainSpec], doc_offsets: dict[tuple[int, int], int],
                      val_every: int, local_root: str) -> None:
     """``documents/{domain}.parquet`` from the units in order, one partition at a time on the driver."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([('doc_id', pa.int64()), ('split', pa.string()), ('source', pa.string()), ('chars', pa.int64())])
-    os.makedirs(os.path.join(local_root, 'documents'), exist_ok=True)
+    os.makedirs(os.path.join(local_root, DOCUMENTS_FOLDER), exist_ok=True)
     writers = {}
     try:
         for domain, index, sources, chars in tokenised.map(lambda t: (t.domain, t.index, t.sources, t.chars)).toLocalIterator():
             if domain not in writers:
-                path = os.path.join(local_root, 'documents', f'{domains[domain].name}.parquet')
-                writers[domain] = pq.ParquetWriter(path, schema)
+                path = os.path.join(local_root, documents_path(domains[domain].name))
+                writers[domain] = pq.ParquetWriter(path, documents_schema())
             first = doc_offsets[domain, index]
             ids = list(range(first, first + len(sources)))
-            writers[domain].write_table(pa.table({
-                'doc_id': pa.array(ids, pa.int64()), 'split': [SPLITS[int(i % val_every == 0)] for i in ids],
-                'source': sources, 'chars': pa.array(chars, pa.int64())}, schema=schema))
+            split_names = [splits.document_split(i, val_every) for i in ids]
+            writers[domain].write_table(documents_table(ids, split_names, sources, chars))
     finally:
         for writer in writers.values():
             writer.close()

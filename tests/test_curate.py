@@ -174,11 +174,16 @@ def test_curate_round_trip_keeps_ids_text_and_validation_then_trains(tmp_path, s
     assert main(['analyze', str(train_dir)]) == 0
 
 
-def test_curate_writes_to_a_bucket(tmp_path, small_dataset, s3_env, capsys):
-    from reweigh.pipeline import SampleLookup, make_sample_id
+def test_curate_writes_to_a_bucket(tmp_path, small_dataset, s3_env, capsys, monkeypatch):
+    from reweigh.pipeline import SampleLookup, make_sample_id, storage
 
     run, root, manifest = _curate_run(tmp_path, small_dataset)
+    uploads, upload = [], storage.upload
+    monkeypatch.setattr(storage, 'upload', lambda local, remote, files: (uploads.append(files), upload(local, remote, files)))
     assert main(['curate', str(run), '--out', 's3://reweigh/curated', '--keep-top', '0.5', '--score', 'loss']) == 0
+    [files] = uploads  # the staged files in one upload, the manifest last: it marks the dataset complete
+    assert files[-1] == 'manifest.json' and 'manifest.json' not in files[:-1]
+    assert {f'curation/{d}.parquet' for d in manifest.domain_names} <= set(files)
     curated = SampleLookup('s3://reweigh/curated', tmp_path / 'cache')
     for d in manifest.domains:  # the upper half by loss of each domain: the higher indices
         n = d.sequences['train']

@@ -92,6 +92,92 @@ def test_round_trip_counts_domains_and_every_sample_maps_back_to_its_text(small_
     assert result.tokens == sum(sum(d.tokens.values()) for d in manifest.domains)
 
 
+def test_decode_sample_ids_inverts_make_sample_id():
+    from reweigh.pipeline import decode_sample_ids
+
+    cases = [(0, 'train', 0), (0, 'val', 0), (2, 'val', 5), (32767, 'train', 2**47 - 1), (32767, 'val', 2**47 - 1)]
+    rng = np.random.default_rng(0)
+    cases += [(int(d), ('train', 'val')[int(s)], int(i)) for d, s, i in zip(rng.integers(0, 1 << 15, 200),
+                                                                           rng.integers(0, 2, 200), rng.integers(0, 2**47, 200))]
+    ids = np.array([make_sample_id(*case) for case in cases])
+    domain, split, index = decode_sample_ids(ids)
+    assert [(d, ('train', 'val')[s], i) for d, s, i in zip(domain.tolist(), split.tolist(), index.tolist())] == cases
+    assert [split_sample_id(sid) for sid in ids] == cases
+    assert [part.shape for part in decode_sample_ids(ids.reshape(5, -1))] == [(5, len(cases) // 5)] * 3
+
+
+def test_documents_tables_splits_and_counts_follow_the_split_rule(small_dataset):
+    import pyarrow.parquet as pq
+
+    from reweigh.pipeline.splits import document_split, split_documents
+
+    root, _ = small_dataset
+    lookup = SampleLookup(root)
+    manifest = lookup.manifest
+    val_every = manifest.config['val_every']
+    for info in manifest.domains:
+        table = pq.read_table(root / 'documents' / f'{info.name}.parquet')
+        assert table.column_names == ['doc_id', 'split', 'source', 'chars']
+        rows = table.to_pylist()
+        assert [r['doc_id'] for r in rows] == list(range(len(rows)))
+        assert [r['split'] for r in rows] == [document_split(i, val_every) for i in range(len(rows))]
+        assert info.documents == split_documents(len(rows), val_every)
+        for split in ('train', 'val'):  # a sequence's documents are of its split
+            for sample in lookup.samples(info.name, split):
+                assert {rows[i]['split'] for i in sample['doc_ids'].tolist()} == {split}
+
+
+def test_a_prepare_that_fails_half_way_leaves_no_dataset(tmp_path):
+    from reweigh.pipeline.sources import Document
+
+    reads = []
+
+    def documents():
+        reads.append(1)
+        for i in range(200):
+            if i == 150 and len(reads) % 2 == 0:  # the second read (after the tokenizer's) writes the shards
+                raise KeyboardInterrupt  # as if the user pressed Ctrl-C half-way
+            yield Document(f'doc{i}', f'document number {i} ' * 20)
+
+    domain = DomainSpec('notes', 'documents', 'notes', factory=documents, fingerprint_data=1)
+    out = tmp_path / 'out'
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset([domain], out, vocab_size=300, seq_len=16, progress=False)
+    assert not out.exists() and len(reads) == 2
+    out.mkdir()
+    (out / 'manifest.json').write_text('{}')  # an older, broken attempt, replaced and then removed
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset([domain], out, vocab_size=300, seq_len=16, progress=False, overwrite=True)
+    assert not out.exists()
+
+
+def test_a_dataset_write_is_claimed_before_written_and_its_manifest_goes_last(tmp_path, monkeypatch):
+    from reweigh.pipeline import storage
+    from reweigh.pipeline.manifest import Manifest
+    from reweigh.pipeline.shards import columns
+    from reweigh.pipeline.transaction import DatasetWrite, dataset_write
+
+    manifest = Manifest(seq_len=8, domains=[], tokenizer={'path': 'tokenizer'}, mds={'columns': columns(512)})
+    theirs = tmp_path / 'theirs'
+    theirs.mkdir()
+    (theirs / 'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match='already holds other or incomplete data'):
+        with dataset_write(theirs, 'reweigh-test-') as write:
+            write.claim(write.existing(), overwrite=False)
+    assert (theirs / 'notes.txt').read_text() == 'mine'  # a refused claim leaves the output as it was
+    uploads = []
+    monkeypatch.setattr(storage, 'upload', lambda local, remote, files: uploads.append((remote, list(files))))
+    write = DatasetWrite('s3://bucket/data', str(tmp_path / 'scratch'))
+    write.claim(None, overwrite=False)
+    for rel in ('tokenizer/tokenizer.json', 'documents/code.parquet', 'train/code/index.json'):
+        (tmp_path / 'scratch' / 'out' / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / 'scratch' / 'out' / rel).write_text('{}')
+    write.commit(manifest)
+    [(remote, files)] = uploads
+    assert remote == 's3://bucket/data' and files[-1] == 'manifest.json'  # uploaded last: it marks the dataset complete
+    assert sorted(files) == ['documents/code.parquet', 'manifest.json', 'tokenizer/tokenizer.json', 'train/code/index.json']
+
+
 def test_shard_contract_knows_every_streaming_compression_and_hash():
     from streaming.base.compression import get_compressions
     from streaming.base.hashing import get_hash

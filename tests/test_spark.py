@@ -202,6 +202,11 @@ def test_a_bad_input_read_by_an_executor_is_one_clear_error(spark, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("reweigh prepare: error: domain 'web':") and 'b.jsonl:2 is not valid JSON' in err
     assert len(err.splitlines()) == 1 and not (tmp_path / 'out').exists()
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'manifest.json').write_text('{}')  # an older, broken attempt: replaced, then removed
+    assert main(['prepare', '--domain', f'web={folder}', '--out', str(tmp_path / 'out'), '--engine', 'spark',
+                 '--tokenizer', str(tmp_path / 'tok'), '--no-progress', '--overwrite']) == 2
+    assert 'b.jsonl:2 is not valid JSON' in capsys.readouterr().err and not (tmp_path / 'out').exists()
 
 
 def _cli(args, env):

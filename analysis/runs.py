@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
-from reweigh.history.format import filesystem_for
+from reweigh.io.arrow import read_text
+from reweigh.io.local import write_atomically
 
 __all__ = [
     'CONFIG_FILE',
@@ -62,9 +62,7 @@ __all__ = [
     'metrics_line',
     'metrics_tables',
     'parse_metrics',
-    'read_text',
     'truncate_metrics',
-    'write_atomically',
 ]
 
 METRICS_FILE = 'metrics.jsonl'
@@ -171,31 +169,6 @@ def truncate_metrics(path: str | os.PathLike, step: int) -> int:
     keep = [row for row in parse_metrics(text, path) if row['step'] <= step]
     write_atomically(path, ''.join(json.dumps(row) + '\n' for row in keep))
     return total - len(keep)
-
-
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to the local ``path`` through a temporary ``.name.tmp`` beside it and a rename, so that a
-    reader (or a killed writer) never leaves a half-written file there."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp')
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def read_text(path: str, missing_ok: bool = False) -> str | None:
-    """The text of a local file or object-store URI (``s3://``, ``gs://``); ``None`` if absent and ``missing_ok``.
-
-    Raises:
-        FileNotFoundError: If it does not exist (and not ``missing_ok``).
-    """
-    filesystem, where = filesystem_for(path)
-    if filesystem.get_file_info(where).type != pafs.FileType.File:
-        if missing_ok:
-            return None
-        raise FileNotFoundError(f'{path} does not exist.')
-    with filesystem.open_input_stream(where) as f:
-        return f.read().decode()
 
 
 def metrics_tables(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:

@@ -16,7 +16,7 @@ from reweigh.algorithms.reweighter import Reweighter
 from reweigh.algorithms.times import parse_time
 from reweigh.history.format import encode_metadata
 from reweigh.history.recorder import DEFAULT_MAX_QUEUED_CHUNKS, HistoryRecorder, dataset_domain_names
-from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, RemoteStoreError
+from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, RemoteStoreError
 
 __all__ = ['LossHistory']
 
@@ -44,7 +44,7 @@ class LossHistory(Callback):
         upload_to (str, optional): An object-store folder (``s3://bucket/runs/{run_name}/history``,
             ``gs://...``, ``oci://...``); if set, every finished part file is also uploaded there, in the
             background, as ``{upload_to}/rank{N}/{file}``, retried while the store is unreachable (see
-            :class:`~reweigh.pipeline.uploads.DurableUploader`). A resumed run first makes the uploaded
+            :class:`~reweigh.io.uploads.DurableUploader`). A resumed run first makes the uploaded
             parts match the local ones up to the resumption step. Credentials come from the environment
             or the standard cloud config files.
         outage_limit_s (float): How long an upload may keep failing before training stops with an error

@@ -11,7 +11,7 @@ from composer.loggers import Logger, LoggerDestination
 from composer.utils import create_interval_scheduler, dist
 
 from reweigh.analysis.runs import EVAL_METRICS, METRICS_FILE, eval_domain, metrics_line, parse_metrics, truncate_metrics
-from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
+from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
 
 __all__ = ['MetricsLog']
 
@@ -37,7 +37,7 @@ class MetricsLog(LoggerDestination):
         path (str): The file; ``{run_name}`` is replaced by the run's name.
         upload_to (str, optional): An object-store folder (``s3://bucket/runs/{run_name}``); the file is
             uploaded there after each evaluation, each checkpoint and at the end, in the background, riding
-            out outages (:class:`~reweigh.pipeline.uploads.DurableUploader`). A run resuming on a machine
+            out outages (:class:`~reweigh.io.uploads.DurableUploader`). A run resuming on a machine
             without the local file starts from the uploaded one.
         save_interval (str | Time, optional): The Trainer's ``save_interval``, so that the file is uploaded
             with every checkpoint (a run resuming from the bucket then finds the metrics up to its

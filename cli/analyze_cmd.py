@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def locate(run_arg: str) -> tuple[str, dict]:
     """The history path and the run's summary (``{}`` if none) for a run folder, history folder or URI."""
-    from reweigh.pipeline.storage import is_remote
+    from reweigh.io.uri import is_remote
 
     if is_remote(run_arg):
         return run_arg.rstrip('/') + ('' if run_arg.rstrip('/').endswith('/history') else '/history'), {}
@@ -48,7 +48,7 @@ def locate(run_arg: str) -> tuple[str, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from reweigh.analysis import analyze_history, most_deprioritised_domain, write_report
-    from reweigh.pipeline.storage import is_remote
+    from reweigh.io.uri import is_remote
 
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _split(items: list[str]) -> tuple[list[str], dict[str, str]]:
     """Run paths, and the arm names given as ``ARM=RUN``."""
-    from reweigh.pipeline.storage import is_remote
+    from reweigh.io.uri import is_remote
 
     paths, names = [], {}
     for item in items:
@@ -51,7 +51,8 @@ def _domain_names(run_paths: list[str]) -> list[str]:
     run's history recorded, or ``[]``."""
     import json
 
-    from reweigh.analysis.runs import HISTORY_FOLDER, SUMMARY_FILE, read_text
+    from reweigh.analysis.runs import HISTORY_FOLDER, SUMMARY_FILE
+    from reweigh.io.arrow import read_text
     from reweigh.pipeline.manifest import read_manifest
 
     for run_path in run_paths:

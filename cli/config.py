@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY, DEFAULT_TOKEN_NORMALIZE
 from reweigh.algorithms.loss_reweighting import DEFAULT_WARMUP, LossReweighting
 from reweigh.algorithms.times import parse_time
-from reweigh.pipeline.storage import is_remote
-from reweigh.pipeline.uploads import SCHEMES as UPLOAD_SCHEMES
+from reweigh.io.uri import READ_SCHEMES, UPLOAD_SCHEMES, is_remote, scheme_of, schemes_text
 from reweigh.safety.names import check_name
 
 __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_uri']
-
-# Object stores Composer and Streaming can read and write; anything else with '://' is rejected.
-REMOTE_SCHEMES = ('s3', 'gs', 'oci', 'azure', 'dbfs', 'hf', 'sftp')
-
 
 class ConfigError(ValueError):
     """A training config that cannot run; the message names the offending key."""
@@ -259,9 +253,8 @@ def validate_uri(key: str, value: str) -> str:
     match = re.match(r'^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$', value)
     if match:
         scheme, rest = match.group(1).lower(), match.group(2)
-        if scheme not in REMOTE_SCHEMES:
-            _fail(key, f'unsupported URI scheme {scheme!r}; use a local path or one of: '
-                  f'{", ".join(s + "://" for s in REMOTE_SCHEMES)}.')
+        if scheme not in READ_SCHEMES:
+            _fail(key, f'unsupported URI scheme {scheme!r}; use a local path or one of: {schemes_text(READ_SCHEMES)}.')
         if not rest or rest.startswith('/'):
             _fail(key, f'{value!r} names no bucket.')
     elif '\x00' in value:
@@ -378,10 +371,9 @@ def _validate(cfg: Any) -> None:
             _fail('run_dir', 'must be a local folder; put object-store URIs in save_folder.')
     if cfg.save_folder is not None:
         validate_uri('save_folder', cfg.save_folder)
-        scheme = urllib.parse.urlparse(cfg.save_folder).scheme if is_remote(cfg.save_folder) else None
+        scheme = scheme_of(cfg.save_folder)
         if scheme is not None and scheme not in UPLOAD_SCHEMES:
-            _fail('save_folder', f'checkpoints go to a local folder or {", ".join(s + "://" for s in UPLOAD_SCHEMES)}, '
-                  f'not {scheme}://.')
+            _fail('save_folder', f'checkpoints go to a local folder or {schemes_text(UPLOAD_SCHEMES)}, not {scheme}://.')
         if scheme is not None and (cfg.fsdp_config or {}).get('state_dict_type') == 'sharded':
             _fail('fsdp_config.state_dict_type', 'sharded checkpoints (folders) cannot go to a remote save_folder; '
                   'use "full", or a local save_folder.')

@@ -64,7 +64,7 @@ def _caps(items: list[str]) -> dict[str, int]:
 
 
 def _default_folder(target: str, name: str) -> Path:
-    from reweigh.pipeline.storage import is_remote
+    from reweigh.io.uri import is_remote
 
     return Path(name) if is_remote(target) else Path(target) / name
 

@@ -1,7 +1,7 @@
 """Checkpoints in object storage that survive an outage: save locally, mirror to the bucket, resume from it.
 
 With a remote ``save_folder``, ``reweigh train`` has Composer save checkpoints to a local folder and
-:class:`MirrorCheckpoints` uploads each new one with a :class:`~reweigh.pipeline.uploads.DurableUploader`
+:class:`MirrorCheckpoints` uploads each new one with a :class:`~reweigh.io.uploads.DurableUploader`
 (in order, retried with backoff while the store is down, a clear error past the outage limit), then
 the ``latest-rank{N}.pt.symlink`` pointer (Composer's layout for remote checkpoints), so the pointer in
 the bucket only ever names a checkpoint that is completely there. On start,
@@ -25,7 +25,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from reweigh.cli.resume import CHECKPOINT_NAME
-from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_key, object_store
+from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_key, object_store
 
 __all__ = ['MirrorCheckpoints', 'restore_latest_from_remote']
 

@@ -22,7 +22,7 @@ from composer.core import Evaluator
 from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
 from omegaconf import OmegaConf
 
-from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE, write_atomically
+from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE
 from reweigh.callbacks import LossHistory, MetricsLog, RestoreRngOnResume
 from reweigh.cli import data, train_cmd
 from reweigh.cli.builders import (
@@ -36,8 +36,9 @@ from reweigh.cli.builders import (
 from reweigh.cli.config import ConfigError
 from reweigh.cli.mirror import MirrorCheckpoints, restore_latest_from_remote
 from reweigh.cli.resume import set_aside_interrupted_checkpoints
-from reweigh.pipeline.storage import is_remote
-from reweigh.pipeline.uploads import DurableUploader
+from reweigh.io.local import write_atomically
+from reweigh.io.uploads import DurableUploader
+from reweigh.io.uri import is_remote
 from reweigh.safety import safe_checkpoint_loading
 
 __all__ = ['main', 'train']

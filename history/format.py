@@ -35,6 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from reweigh.io.arrow import filesystem_for
+from reweigh.io.local import atomic_path
+
 __all__ = [
     'FLOAT_COLUMNS',
     'HISTORY_SCHEMA',
@@ -42,7 +45,6 @@ __all__ = [
     'METADATA_KEY',
     'Part',
     'encode_metadata',
-    'filesystem_for',
     'is_readable',
     'list_parts',
     'parse_part_name',
@@ -122,30 +124,12 @@ def encode_metadata(
     return {METADATA_KEY: json.dumps(meta).encode()}
 
 
-def filesystem_for(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path on it, for a local path or a URI.
-
-    ``s3://`` honours ``S3_ENDPOINT_URL`` as Streaming does; credentials come from the environment or the
-    standard cloud config files, as pyarrow reads them, and are never logged.
-    """
-    from reweigh.pipeline.storage import is_remote
-
-    path = str(path)
-    if not is_remote(path):
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    endpoint = os.environ.get('S3_ENDPOINT_URL')
-    if path.startswith('s3://') and endpoint:
-        scheme, _, host = endpoint.partition('://')
-        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme), path[len('s3://'):]
-    return pafs.FileSystem.from_uri(path)
-
-
 def list_parts(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = None, recursive: bool = False) -> list[Part]:
     """Every finished part under ``folder`` (its rank sub-folders too with ``recursive``), sorted by path.
 
     Args:
         folder: A local folder or URI; with ``filesystem``, a path on it.
-        filesystem: The filesystem ``folder`` is on. Default: from ``folder`` (see :func:`filesystem_for`).
+        filesystem: The filesystem ``folder`` is on. Default: from ``folder`` (see :func:`reweigh.io.arrow.filesystem_for`).
         recursive: Also list sub-folders (a whole history rather than one rank).
 
     Example:
@@ -201,11 +185,9 @@ def is_readable(path: str, filesystem: pafs.FileSystem | None = None) -> bool:
 
 
 def write_part(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write ``table`` to the local ``path`` atomically (a temporary ``.name.tmp``, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    pq.write_table(table, tmp, compression='zstd')
-    os.replace(tmp, path)
+    """Write ``table`` to the local ``path`` atomically (:func:`reweigh.io.local.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression='zstd')
 
 
 def truncate_history(folder: str | os.PathLike, step: int) -> int:

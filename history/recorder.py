@@ -4,7 +4,7 @@
 :meth:`~reweigh.algorithms.reweighter.Reweighter.step` returns, copies it off the device once (asynchronously on
 CUDA), and hands it to the background :class:`~reweigh.history.writer.HistoryWriter`; on opening it truncates what
 an interrupted attempt wrote at or past the resumption step, and with ``upload_to`` it mirrors every finished part
-to an object store through a :class:`~reweigh.pipeline.uploads.DurableUploader`. The Composer callback
+to an object store through a :class:`~reweigh.io.uploads.DurableUploader`. The Composer callback
 (:class:`~reweigh.callbacks.LossHistory`), the Hugging Face ``ReweighTrainer`` and a hand-written loop all use it.
 
 Example:
@@ -46,7 +46,7 @@ from reweigh.history.format import (
     write_part,
 )
 from reweigh.history.writer import HistoryChunk, HistoryWriter, to_host_async
-from reweigh.pipeline.uploads import DEFAULT_OUTAGE_LIMIT_S
+from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class HistoryRecorder:
         self._uploaded = 0
         self._uploader: Any = None
         if upload_to is not None:
-            from reweigh.pipeline.uploads import DurableUploader
+            from reweigh.io.uploads import DurableUploader
 
             self._uploader = DurableUploader(upload_to, outage_limit_s, name=f'history rank{rank}',
                                              staging_dir=str(self.folder))
@@ -158,7 +158,7 @@ class HistoryRecorder:
         uploader, self._uploader = self._uploader, None
         if uploader is None:
             return
-        from reweigh.pipeline.uploads import RemoteStoreError
+        from reweigh.io.uploads import RemoteStoreError
 
         if uploader.error is None:
             self._queue_finished(uploader)

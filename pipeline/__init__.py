@@ -29,7 +29,7 @@ _EXPORTS = {
     'Document': 'sources', 'DomainSpec': 'sources', 'load_domains_file': 'sources', 'parse_domain_arg': 'sources',
     'load_tokenizer': 'tokenizer', 'train_bpe_tokenizer': 'tokenizer',
 }
-"""Where each public name lives. They are imported on first use, so that ``reweigh.pipeline.storage`` or
+"""Where each public name lives. They are imported on first use, so that
 ``reweigh.pipeline.manifest`` can be used (by ``reweigh analyze``, say) without importing Streaming and torch."""
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reweigh.pipeline import storage
+from reweigh.io import uri
 from reweigh.pipeline.engines import check_engine, start_engine
 from reweigh.pipeline.filtering import copy_kept, mds_settings
 from reweigh.pipeline.ids import SPLITS
@@ -92,7 +92,7 @@ def curate_dataset(source: str, out: str, keeps: Callable[[int], bool], record: 
         True
     """
     start = time.perf_counter()
-    if storage.is_remote(out) == storage.is_remote(source) and os.path.abspath(str(out)) == os.path.abspath(str(source)):
+    if uri.is_remote(out) == uri.is_remote(source) and os.path.abspath(str(out)) == os.path.abspath(str(source)):
         raise ValueError(f'the curated dataset cannot replace its source ({source}); choose another --out')
     check_engine(engine)
     progress = sys.stderr.isatty() if progress is None else progress

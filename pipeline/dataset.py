@@ -30,7 +30,7 @@ import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.format import get_index_basename
 
-from reweigh.pipeline import storage
+from reweigh.io import uri
 from reweigh.pipeline.ids import SPLITS
 from reweigh.pipeline.manifest import Manifest, read_manifest
 from reweigh.pipeline.shards import read_index
@@ -73,7 +73,7 @@ class ReweighStreamingDataset(StreamingDataset):
         root = str(root)
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-        remote = storage.is_remote(root)
+        remote = uri.is_remote(root)
         if remote and local_cache is None:
             raise ValueError(f'reading the remote dataset {root} needs a local_cache folder')
         if local_cache is not None:
@@ -86,12 +86,12 @@ class ReweighStreamingDataset(StreamingDataset):
         streams = []
         for name, proportion in _select_domains(self.manifest, domains).items():
             rel = self.manifest.domain(name).path(split)
-            where = storage.join(root, rel, 'index.json')
+            where = uri.join(root, rel, 'index.json')
             columns = self.manifest.mds['columns']
             if local_cache is None:
                 streams.append(_CheckedStream(where, columns, local=os.path.join(root, rel), proportion=proportion))
             else:
-                streams.append(_CheckedStream(where, columns, remote=storage.join(root, rel),
+                streams.append(_CheckedStream(where, columns, remote=uri.join(root, rel),
                                               local=os.path.join(str(local_cache), rel), proportion=proportion))
         super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
                          validate_hash=validate_hash, **kwargs)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from reweigh.pipeline import storage
+from reweigh.io import objects, uri
+from reweigh.io.local import write_atomically
 from reweigh.pipeline.ids import SPLIT_SHIFT, make_sample_id, sample_id_domains, split_sample_id
 from reweigh.pipeline.manifest import CURATION_FOLDER, Manifest, read_manifest
 from reweigh.pipeline.shards import decompress, hash_hex, read_index, read_sample
@@ -52,7 +53,7 @@ class SampleLookup:
 
     def __init__(self, root: str | os.PathLike, cache: str | os.PathLike | None = None) -> None:
         self.root = str(root)
-        self._remote = storage.is_remote(self.root)
+        self._remote = uri.is_remote(self.root)
         if self._remote and cache is None:
             cache = tempfile.mkdtemp(prefix='reweigh-lookup-')
         self._base = str(cache) if self._remote else self.root
@@ -129,7 +130,7 @@ class SampleLookup:
                 for name in self.manifest.tokenizer['files']:
                     local = os.path.join(self._base, rel, name)
                     if not os.path.exists(local):
-                        storage.download(storage.join(self.root, rel, name), local)
+                        objects.download(uri.join(self.root, rel, name), local)
             self._tokenizer = load_tokenizer(os.path.join(self._base, rel))
         return self._tokenizer
 
@@ -189,7 +190,7 @@ class SampleLookup:
     def shards(self, rel: str) -> list[dict[str, Any]]:
         """The checked shard entries of the ``index.json`` of stream ``rel`` (e.g. ``train/code``)."""
         if rel not in self._indexes:
-            where = storage.join(self.root, rel, 'index.json')
+            where = uri.join(self.root, rel, 'index.json')
             self._indexes[rel] = read_index(self.fetch(f'{rel}/index.json'), self.manifest.mds['columns'], where)
         return self._indexes[rel]
 
@@ -197,7 +198,7 @@ class SampleLookup:
         """A local path of the dataset's file ``rel``: the file itself, or a cached download for a remote root."""
         local = os.path.join(self._base, rel)
         if self._remote and not os.path.exists(local):
-            storage.download(storage.join(self.root, rel), local)
+            objects.download(uri.join(self.root, rel), local)
         return local
 
     def _raw_shard(self, rel: str, shard: dict[str, Any]) -> str:
@@ -213,9 +214,7 @@ class SampleLookup:
         for algo, expected in zipped.get('hashes', {}).items():
             if hash_hex(algo, data) != expected:
                 raise ValueError(f'Checksum failure: {path} ({algo}); the shard is corrupted')
-        with open(raw + '.tmp', 'wb') as f:
-            f.write(decompress(shard['compression'], data))
-        os.replace(raw + '.tmp', raw)
+        write_atomically(raw, decompress(shard['compression'], data))
         return raw
 
     def _document_table(self, domain: str) -> dict[int, dict[str, Any]]:

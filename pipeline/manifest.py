@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reweigh.pipeline import storage
+from reweigh.io import objects, uri
 from reweigh.pipeline.ids import DOMAIN_SHIFT, SPLIT_SHIFT, SPLITS
 from reweigh.pipeline.shards import check_columns
 from reweigh.safety.names import check_name, check_relative_path
@@ -152,13 +152,13 @@ def read_manifest(root: str | os.PathLike, cache: str | os.PathLike | None = Non
         ValueError: If the manifest is not valid or the remote cannot be read.
     """
     root = str(root)
-    if storage.is_remote(root):
+    if uri.is_remote(root):
         if cache is None:
             with tempfile.TemporaryDirectory() as tmp:
                 return read_manifest(root, tmp)
         local = os.path.join(str(cache), MANIFEST_NAME)
         try:
-            storage.download(storage.join(root, MANIFEST_NAME), local)
+            objects.download(uri.join(root, MANIFEST_NAME), local)
         except FileNotFoundError as e:
             raise FileNotFoundError(f'{root} holds no prepared dataset ({MANIFEST_NAME} missing)') from e
     else:

@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from reweigh.pipeline import shards, storage
+from reweigh.io import objects, uri
+from reweigh.pipeline import shards
 
 __all__ = ['part_writer', 'write_merged_index']
 
@@ -63,11 +64,11 @@ def part_writer(out: str, local_root: str, rel: str, part: int, remote: bool, **
     local = os.path.join(scratch, folder) if scratch else os.path.join(local_root, folder)
     index: dict[str, Any] = {}
     try:
-        with storage.writing(storage.join(out, folder)):
-            writer = MDSWriter(out=(local, storage.join(out, folder)) if remote else local, keep_local=True,
+        with objects.writing(uri.join(out, folder)):
+            writer = MDSWriter(out=(local, uri.join(out, folder)) if remote else local, keep_local=True,
                                exist_ok=True, **mds)
         yield writer, index
-        with storage.writing(storage.join(out, folder)):
+        with objects.writing(uri.join(out, folder)):
             writer.finish()
         with open(os.path.join(local, 'index.json')) as f:
             index.update(json.load(f))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from reweigh.pipeline import storage
+from reweigh.io import objects, uri
 from reweigh.safety.names import check_name
 
 __all__ = ['Document', 'DomainSpec', 'iter_documents', 'iter_file', 'list_files', 'load_domains_file', 'parse_domain_arg']
@@ -76,7 +76,7 @@ class DomainSpec:
         check_name('domain name', self.name)  # it names folders and object keys of the dataset
         if self.kind not in ('path', 'hf', 'documents'):
             raise ValueError(f'domain {self.name!r}: unknown kind {self.kind!r}')
-        if self.kind == 'path' and not storage.is_remote(self.location) and not Path(self.location).exists():
+        if self.kind == 'path' and not uri.is_remote(self.location) and not Path(self.location).exists():
             raise FileNotFoundError(f'domain {self.name!r}: input {self.location!r} does not exist')
         if self.kind == 'documents' and self.factory is None:
             raise ValueError(f'domain {self.name!r}: kind "documents" needs a factory')
@@ -89,7 +89,7 @@ class DomainSpec:
         if self.kind == 'path':
             digest = hashlib.sha256()
             for path in list_files(self.location):
-                if storage.is_remote(path):
+                if uri.is_remote(path):
                     digest.update(f'{path}\n'.encode())
                 else:
                     st = os.stat(path)
@@ -153,7 +153,7 @@ def load_domains_file(path: str | os.PathLike) -> list[DomainSpec]:
         raise ValueError(f'{path}: expected a mapping with a non-empty "domains:" mapping of NAME: SPEC')
 
     def resolve(p: str) -> str:
-        return p if os.path.isabs(p) or storage.is_remote(p) else str(path.parent / p)
+        return p if os.path.isabs(p) or uri.is_remote(p) else str(path.parent / p)
 
     specs = []
     for name, value in cfg['domains'].items():
@@ -204,8 +204,8 @@ def list_files(location: str | os.PathLike) -> list[str]:
         ValueError: If an object store cannot be listed.
     """
     location = str(location)
-    if storage.is_remote(location):
-        return storage.list_objects(location)
+    if uri.is_remote(location):
+        return objects.list_objects(location)
     root = Path(location)
     if root.is_file():
         return [location]
@@ -223,10 +223,10 @@ def iter_file(path: str, spec: DomainSpec, strict: bool) -> Iterator[Document]:
         spec: Its domain (for the text field and messages).
         strict: Whether a file that is not UTF-8 text is an error (a named file) or skipped (in a folder).
     """
-    if storage.is_remote(path):
+    if uri.is_remote(path):
         with tempfile.TemporaryDirectory(prefix='reweigh-input-') as tmp:
             local = os.path.join(tmp, 'input' + PurePosixPath(path).suffix)
-            storage.download(path, local)
+            objects.download(path, local)
             yield from _read_file(Path(local), path, spec, strict)
     else:
         yield from _read_file(Path(path), path, spec, strict)

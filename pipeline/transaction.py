@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from reweigh.pipeline import storage
+from reweigh.io import objects, uri
 from reweigh.pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 __all__ = ['DatasetWrite', 'dataset_write']
@@ -65,7 +65,7 @@ class DatasetWrite:
 
     def __init__(self, out: str, scratch: str) -> None:
         self.out = out
-        self.remote = storage.is_remote(out)
+        self.remote = uri.is_remote(out)
         self.scratch = scratch
         self.root = os.path.join(scratch, 'out') if self.remote else out
         self.created = False
@@ -77,7 +77,7 @@ class DatasetWrite:
             ValueError: If ``out`` is a local file, a remote ``out`` cannot be written, or its manifest is invalid.
         """
         if self.remote:
-            storage.check_writable(self.out, os.path.join(self.scratch, '.probe'))
+            objects.check_writable(self.out, os.path.join(self.scratch, '.probe'))
         elif os.path.exists(self.out) and not os.path.isdir(self.out):
             raise ValueError(f'output {self.out!r} exists and is not a folder')
         try:
@@ -127,14 +127,14 @@ class DatasetWrite:
         """
         from streaming import MDSWriter
 
-        target = storage.join(self.out, rel)
+        target = uri.join(self.out, rel)
         dest: str | tuple[str, str] = os.path.join(self.root, rel)
         if self.remote:
             dest = (os.path.join(self.root, '.shards', rel), target)
-        with storage.writing(target):
+        with objects.writing(target):
             writer = MDSWriter(out=dest, exist_ok=True, **mds)
         yield writer
-        with storage.writing(target):
+        with objects.writing(target):
             writer.finish()
 
     def commit(self, manifest: Manifest) -> None:
@@ -148,7 +148,7 @@ class DatasetWrite:
         if self.remote:
             files = [os.path.relpath(os.path.join(d, n), self.root) for d, _, ns in os.walk(self.root) for n in ns]
             files.sort(key=lambda p: p == MANIFEST_NAME)  # the manifest goes last: it marks the dataset complete
-            storage.upload(self.root, self.out, files)
+            objects.upload(self.root, self.out, files)
 
 
 @contextmanager

@@ -175,11 +175,12 @@ def test_curate_round_trip_keeps_ids_text_and_validation_then_trains(tmp_path, s
 
 
 def test_curate_writes_to_a_bucket(tmp_path, small_dataset, s3_env, capsys, monkeypatch):
-    from reweigh.pipeline import SampleLookup, make_sample_id, storage
+    from reweigh.io import objects
+    from reweigh.pipeline import SampleLookup, make_sample_id
 
     run, root, manifest = _curate_run(tmp_path, small_dataset)
-    uploads, upload = [], storage.upload
-    monkeypatch.setattr(storage, 'upload', lambda local, remote, files: (uploads.append(files), upload(local, remote, files)))
+    uploads, upload = [], objects.upload
+    monkeypatch.setattr(objects, 'upload', lambda local, remote, files: (uploads.append(files), upload(local, remote, files)))
     assert main(['curate', str(run), '--out', 's3://reweigh/curated', '--keep-top', '0.5', '--score', 'loss']) == 0
     [files] = uploads  # the staged files in one upload, the manifest last: it marks the dataset complete
     assert files[-1] == 'manifest.json' and 'manifest.json' not in files[:-1]

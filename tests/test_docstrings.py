@@ -10,12 +10,14 @@ import reweigh.algorithms
 import reweigh.analysis
 import reweigh.callbacks
 import reweigh.cli
+import reweigh.history
 import reweigh.integrations
+import reweigh.io
 import reweigh.models
 import reweigh.safety
 
-PACKAGES = (reweigh.algorithms, reweigh.analysis, reweigh.callbacks, reweigh.cli, reweigh.integrations, reweigh.models,
-            reweigh.safety)
+PACKAGES = (reweigh.algorithms, reweigh.analysis, reweigh.callbacks, reweigh.cli, reweigh.history, reweigh.integrations,
+            reweigh.io, reweigh.models, reweigh.safety)
 MODULES = sorted(
     name for package in PACKAGES for _, name, _ in pkgutil.iter_modules(package.__path__, prefix=f'{package.__name__}.')
 ) + [package.__name__ for package in PACKAGES if package is not reweigh.cli]

@@ -152,7 +152,7 @@ def test_a_prepare_that_fails_half_way_leaves_no_dataset(tmp_path):
 
 
 def test_a_dataset_write_is_claimed_before_written_and_its_manifest_goes_last(tmp_path, monkeypatch):
-    from reweigh.pipeline import storage
+    from reweigh.io import objects
     from reweigh.pipeline.manifest import Manifest
     from reweigh.pipeline.shards import columns
     from reweigh.pipeline.transaction import DatasetWrite, dataset_write
@@ -166,7 +166,7 @@ def test_a_dataset_write_is_claimed_before_written_and_its_manifest_goes_last(tm
             write.claim(write.existing(), overwrite=False)
     assert (theirs / 'notes.txt').read_text() == 'mine'  # a refused claim leaves the output as it was
     uploads = []
-    monkeypatch.setattr(storage, 'upload', lambda local, remote, files: uploads.append((remote, list(files))))
+    monkeypatch.setattr(objects, 'upload', lambda local, remote, files: uploads.append((remote, list(files))))
     write = DatasetWrite('s3://bucket/data', str(tmp_path / 'scratch'))
     write.claim(None, overwrite=False)
     for rel in ('tokenizer/tokenizer.json', 'documents/code.parquet', 'train/code/index.json'):

@@ -75,10 +75,10 @@ def test_prepare_to_object_storage_and_stream_back_equals_local(scheme, small_da
 
 def upload_corpus(scheme: str, folder, prefix: str) -> None:
     """Upload every file under ``folder`` to ``{scheme}://reweigh/{prefix}/...`` with Streaming's uploader."""
-    from reweigh.pipeline import storage
+    from reweigh.io import objects
 
     files = [str(p.relative_to(folder)) for p in sorted(folder.rglob('*')) if p.is_file()]
-    storage.upload(str(folder), f'{scheme}://reweigh/{prefix}', files)
+    objects.upload(str(folder), f'{scheme}://reweigh/{prefix}', files)
 
 
 @pytest.mark.parametrize('scheme', sorted(STORES))

@@ -1,33 +1,23 @@
-"""Local paths and object-store URIs (``s3://``, ``gs://``, any Streaming remote), through Streaming's clients.
+"""Datasets in object storage (``s3://``, ``gs://``, any Streaming remote): download, list and upload objects with
+Streaming's clients, the ones a ``StreamingDataset`` reads the same data with (same credentials, same endpoints).
 
 Example:
-    >>> is_remote('s3://bucket/data'), is_remote('/tmp/data')
-    (True, False)
-    >>> join('s3://bucket/data', 'train', 'code')
-    's3://bucket/data/train/code'
+    >>> from reweigh.io.objects import writing
+    >>> with writing('s3://bucket/data/train/code'):
+    ...     raise ConnectionError('no route to host')
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot write s3://bucket/data/train/code: ConnectionError: no route to host
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ['check_writable', 'download', 'is_remote', 'join', 'list_objects', 'upload', 'writing']
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an object-store URI (has a scheme other than ``file``)."""
-    scheme = urllib.parse.urlparse(str(path)).scheme
-    return len(scheme) > 1 and scheme != 'file'
-
-
-def join(root: str | os.PathLike, *parts: str) -> str:
-    """Join path parts onto a local path or a URI."""
-    root = str(root)
-    return posixpath.join(root, *parts) if is_remote(root) else os.path.join(root, *parts)
+__all__ = ['check_writable', 'download', 'list_objects', 'upload', 'writing']
 
 
 def download(remote: str, local: str, timeout: float = 60.0) -> None:
@@ -82,15 +72,7 @@ def list_objects(uri: str) -> list[str]:
 @contextmanager
 def writing(target: str) -> Iterator[None]:
     """Report any error of the block (an object store's own type: botocore, gcs, ...) as ``ValueError: cannot
-    write {target}: ...``.
-
-    Example:
-        >>> with writing('s3://bucket/data/train/code'):
-        ...     raise ConnectionError('no route to host')
-        Traceback (most recent call last):
-        ...
-        ValueError: cannot write s3://bucket/data/train/code: ConnectionError: no route to host
-    """
+    write {target}: ...``."""
     try:
         yield
     except Exception as e:  # botocore/gcs/... raise their own error types

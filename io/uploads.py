@@ -14,7 +14,7 @@ Use: ``uploader = DurableUploader('s3://bucket/runs/x/checkpoints', name='checkp
 ``uploader.close()`` at the end.
 
 Example:
-    >>> from reweigh.pipeline.uploads import object_store
+    >>> from reweigh.io.uploads import object_store
     >>> object_store('ftp://host/folder')
     Traceback (most recent call last):
     ...
@@ -33,12 +33,12 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from reweigh.io.uri import UPLOAD_SCHEMES, schemes_text
+
 __all__ = ['DEFAULT_OUTAGE_LIMIT_S', 'DurableUploader', 'RemoteStoreError', 'object_key', 'object_store']
 
 DEFAULT_OUTAGE_LIMIT_S = 600.0
 """How long one upload keeps retrying while the store is unreachable before the run gives up."""
-
-SCHEMES = ('s3', 'gs', 'oci')
 
 
 class RemoteStoreError(ValueError):
@@ -58,8 +58,8 @@ def object_store(uri: str) -> tuple[Any, str]:
     from composer.utils.object_store.utils import build_remote_backend
 
     backend, bucket, path = parse_uri(uri)
-    if backend not in SCHEMES:
-        raise ValueError(f'{uri}: uploads need one of {", ".join(s + "://" for s in SCHEMES)}')
+    if backend not in UPLOAD_SCHEMES:
+        raise ValueError(f'{uri}: uploads need one of {schemes_text(UPLOAD_SCHEMES)}')
     return build_remote_backend(backend, {'bucket': bucket}), path.strip('/')
 
 

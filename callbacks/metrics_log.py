@@ -160,8 +160,4 @@ class MetricsLog(LoggerDestination):
         self._file = None
         uploader, self._uploader = self._uploader, None
         if uploader is not None:
-            try:
-                uploader.put(self.path, METRICS_FILE)
-                uploader.close()
-            except RemoteStoreError as e:
-                self.upload_error = e
+            self.upload_error = uploader.close_keeping_error((self.path, METRICS_FILE))

@@ -46,7 +46,7 @@ from reweigh.history.format import (
     write_part,
 )
 from reweigh.history.writer import HistoryChunk, HistoryWriter, to_host_async
-from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S
+from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +92,14 @@ class HistoryRecorder:
         dropped = truncate_history(self.folder, resume_step)
         if dropped:
             log.info(f'loss history: dropped {dropped} rows at or after step {resume_step} from an earlier attempt.')
-        self.upload_error: Exception | None = None
+        self.upload_error: RemoteStoreError | None = None
         """An upload that gave up while closing (kept, since trainers swallow errors raised while closing)."""
         self._writer = HistoryWriter(self.folder, rank, metadata, max_queued_chunks)
         self._step, self._microbatch = -1, 0
         self._warned_ids = False
         self._uploaded = 0
-        self._uploader: Any = None
+        self._uploader: DurableUploader | None = None
         if upload_to is not None:
-            from reweigh.io.uploads import DurableUploader
-
             self._uploader = DurableUploader(upload_to, outage_limit_s, name=f'history rank{rank}',
                                              staging_dir=str(self.folder))
             self._sync_remote(resume_step)
@@ -158,16 +156,11 @@ class HistoryRecorder:
         uploader, self._uploader = self._uploader, None
         if uploader is None:
             return
-        from reweigh.io.uploads import RemoteStoreError
-
         if uploader.error is None:
             self._queue_finished(uploader)
-        try:
-            uploader.close()
-        except RemoteStoreError as e:
-            self.upload_error = e
+        self.upload_error = uploader.close_keeping_error()
 
-    def _queue_finished(self, uploader: Any = None) -> None:
+    def _queue_finished(self, uploader: DurableUploader | None = None) -> None:
         uploader = uploader or self._uploader
         finished = self._writer.finished
         for path in finished[self._uploaded:]:

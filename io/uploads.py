@@ -150,6 +150,18 @@ class DurableUploader:
         shutil.rmtree(self._staging, ignore_errors=True)
         self.check()
 
+    def close_keeping_error(self, last: tuple[str | os.PathLike, str] | None = None) -> RemoteStoreError | None:
+        """Queue ``last`` (``(local_path, relative)``, if given) and :meth:`close`, returning the error of an upload
+        that gave up instead of raising it: what a trainer's callback does when it closes, since trainers swallow
+        errors raised there (the caller keeps it and raises it once the trainer has closed)."""
+        try:
+            if last is not None:
+                self.put(*last)
+            self.close()
+        except RemoteStoreError as e:
+            return e
+        return None
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self.error is None and self._upload(item):

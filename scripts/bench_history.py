@@ -1,6 +1,6 @@
 """Throughput of the loss-history writer, and of `reweigh analyze` on a history the size of a large run.
 
-* write: rows/s the background writer (:class:`~reweigh.callbacks.history.HistoryWriter`) turns into zstd
+* write: rows/s the background writer (:class:`~reweigh.history.writer.HistoryWriter`) turns into zstd
   Parquet parts (chunks of one microbatch each, as in training), end to end (queue -> Parquet on disk).
 * analyze: wall time, rows/s and peak resident memory of ``reweigh analyze`` (the CLI, in a fresh process,
   so its start-up counts) over ``--rows`` rows laid out as a run of ``--ranks`` ranks leaves them: one

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from reweigh.io import objects, uri
 from reweigh.io.local import write_atomically
-from reweigh.pipeline.ids import SPLIT_SHIFT, make_sample_id, sample_id_domains, split_sample_id
+from reweigh.pipeline.ids import decode_sample_ids, make_sample_id, sample_id_domains, split_sample_id
 from reweigh.pipeline.manifest import CURATION_FOLDER, Manifest, read_manifest
 from reweigh.pipeline.shards import decompress, hash_hex, read_index, read_sample
 
@@ -160,7 +160,7 @@ class SampleLookup:
             import pyarrow.parquet as pq
 
             ids = pq.read_table(self.fetch(f'{CURATION_FOLDER}/{name}.parquet'))['sample_id'].to_numpy()
-            self._kept[name] = ids & ((1 << SPLIT_SHIFT) - 1)
+            self._kept[name] = decode_sample_ids(ids)[2]
         kept = self._kept[name]
         position = int(np.searchsorted(kept, index))
         if position >= len(kept) or kept[position] != index:

@@ -1,9 +1,9 @@
 """Did reweighting help? Runs grouped into arms, compared with a baseline per domain, beyond seed noise.
 
 Pure functions over run folders read with :func:`~reweigh.analysis.runs.load_run`. Runs are grouped into
-*arms* by their training config minus what only names, places or seeds a run (:data:`IGNORED_KEYS`), or by
-names the caller gives; the seeds of an arm are averaged. Against the baseline arm, each arm gets, per
-evaluation domain and for the mean over domains:
+*arms* by their training config minus what only names, places or seeds a run (the schema's
+:func:`~reweigh.train.schema.not_arm_keys`), or by names the caller gives; the seeds of an arm are averaged.
+Against the baseline arm, each arm gets, per evaluation domain and for the mean over domains:
 
 * the final validation loss and perplexity, mean and standard deviation over seeds;
 * the *paired* difference to the baseline (same seed, same data order), its mean with a 95% Student-t
@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from reweigh.analysis.runs import HISTORY_FOLDER, Run
+from reweigh.train.schema import not_arm_keys
 
 __all__ = [
-    'IGNORED_KEYS',
     'MEAN_DOMAIN',
     'Arm',
     'Comparison',
@@ -47,17 +47,6 @@ __all__ = [
     'steps_to_reach',
     't_quantile',
 ]
-
-IGNORED_KEYS = (
-    'run_name', 'run_dir', 'seed', 'save_folder', 'save_interval', 'save_num_checkpoints_to_keep', 'autoresume',
-    'load_path', 'history.folder', 'history.flush_interval', 'loggers', 'callbacks', 'progress_bar',
-    'console_log_interval', 'dist_timeout', 'object_store_outage_s', 'device', 'device_train_microbatch_size',
-    'train_loader.dataset.shuffle_seed', 'eval_loader.dataset.shuffle_seed', 'train_loader.num_workers',
-    'eval_loader.num_workers',
-)
-"""Config keys (and key prefixes) that do not make two runs different arms: names, places, seeds, logging,
-and settings that leave the arithmetic alone. A loader's ``dataset.local`` is ignored too when its ``remote``
-is set (it is only the cache then); a local dataset's folder tells datasets apart."""
 
 MEAN_DOMAIN = '(mean)'
 """The row for the unweighted mean of the loss over evaluation domains (its perplexity: the exponential of that)."""
@@ -157,8 +146,15 @@ def _flatten(value: Any, prefix: str = '') -> dict[str, Any]:
     return {prefix: tuple(value) if isinstance(value, list) else value}
 
 
+_NOT_ARM_KEYS = not_arm_keys()
+
+
 def _ignored(key: str) -> bool:
-    return any(key == k or key.startswith(k + '.') for k in IGNORED_KEYS)
+    """Whether a config key (or a key under it) is one that does not make two runs different arms: names, places,
+    seeds, logging, and settings that leave the arithmetic alone, as the schema declares them. A loader's
+    ``dataset.local`` is ignored too when its ``remote`` is set (it is only the cache then, see :func:`_arm_key`);
+    a local dataset's folder tells datasets apart."""
+    return any(key == k or key.startswith(k + '.') for k in _NOT_ARM_KEYS)
 
 
 def _arm_key(run: Run) -> tuple:

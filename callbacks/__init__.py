@@ -1,4 +1,5 @@
-"""Composer callbacks: the per-sample loss history, metrics over time in a file, and exact RNG state on resumption.
+"""Composer callbacks: the per-sample loss history, metrics over time in a file, exact RNG state on resumption,
+and checkpoints mirrored to object storage.
 
 Example:
     >>> from reweigh.algorithms import LossReweighting
@@ -11,6 +12,7 @@ Example:
 
 from reweigh.callbacks.history import LossHistory
 from reweigh.callbacks.metrics_log import MetricsLog
+from reweigh.callbacks.mirror import MirrorCheckpoints
 from reweigh.callbacks.rng import RestoreRngOnResume
 
-__all__ = ['LossHistory', 'MetricsLog', 'RestoreRngOnResume']
+__all__ = ['LossHistory', 'MetricsLog', 'MirrorCheckpoints', 'RestoreRngOnResume']

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,32 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def locate(run_arg: str) -> tuple[str, dict]:
-    """The history path and the run's summary (``{}`` if none) for a run folder, history folder or URI."""
-    from reweigh.io.uri import is_remote
-
-    if is_remote(run_arg):
-        return run_arg.rstrip('/') + ('' if run_arg.rstrip('/').endswith('/history') else '/history'), {}
-    path = Path(run_arg)
-    if not path.exists():
-        raise ValueError(f'{run_arg!r} does not exist.')
-    summary_file = path / 'summary.json'
-    try:
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{summary_file} cannot be read: {e}') from e
-    if summary.get('history'):
-        return summary['history'], summary
-    return str(path / 'history') if (path / 'history').is_dir() else str(path), summary
-
-
 def run(args: argparse.Namespace) -> int:
     from reweigh.analysis import analyze_history, most_deprioritised_domain, write_report
     from reweigh.io.uri import is_remote
+    from reweigh.train.run_folder import RunFolder
 
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')
-    history, summary = locate(args.target)
+    history, summary = RunFolder(args.target).locate_history()
     out = Path(args.out) if args.out else (Path('analysis') if is_remote(args.target) else Path(args.target) / 'analysis')
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

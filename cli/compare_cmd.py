@@ -49,16 +49,12 @@ def _split(items: list[str]) -> tuple[list[str], dict[str, str]]:
 def _domain_names(run_paths: list[str]) -> list[str]:
     """The domain names of the dataset the runs trained on (the first summary.json that names one), else those a
     run's history recorded, or ``[]``."""
-    import json
-
-    from reweigh.analysis.runs import HISTORY_FOLDER, SUMMARY_FILE
-    from reweigh.io.arrow import read_text
     from reweigh.pipeline.manifest import read_manifest
+    from reweigh.train.run_folder import RunFolder
 
     for run_path in run_paths:
         try:
-            text = read_text(f'{run_path}/{SUMMARY_FILE}', missing_ok=True)
-            dataset = json.loads(text).get('dataset') if text else None
+            dataset = RunFolder(run_path).read_summary().get('dataset')
             if dataset:
                 with tempfile.TemporaryDirectory() as cache:
                     return list(read_manifest(dataset, cache).domain_names)
@@ -68,7 +64,7 @@ def _domain_names(run_paths: list[str]) -> list[str]:
 
     for run_path in run_paths:  # no dataset: the names the runs' loaders recorded in their histories
         try:
-            names = read_metadata(f'{run_path}/{HISTORY_FOLDER}').get('domains')
+            names = read_metadata(RunFolder(run_path).history).get('domains')
         except OSError:
             continue
         if names:

@@ -72,13 +72,13 @@ def _default_folder(target: str, name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from reweigh.analysis import analyze_history
     from reweigh.analysis.curation import Rules
-    from reweigh.cli.analyze_cmd import locate
+    from reweigh.train.run_folder import RunFolder
 
     if not args.out and not args.proportions:
         raise ValueError('nothing to do: give --out DIR (a curated dataset) and/or --proportions.')
     rules = Rules(args.drop_below, args.min_visits, args.drop_easy_stable, args.keep_top, args.score,
                   _caps(args.cap), args.drop_unvisited)
-    history, summary = locate(args.target)
+    history, summary = RunFolder(args.target).locate_history()
     dataset = args.dataset or summary.get('dataset')
     if not dataset:
         raise ValueError(f'cannot tell which dataset {args.target} trained on; name it with --dataset ROOT.')

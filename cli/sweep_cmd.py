@@ -94,7 +94,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Planned], Path, Any]:
     sweep's folder, and the shared config without the runs' overrides."""
     from omegaconf import OmegaConf
 
-    from reweigh.cli.config import ConfigError, load_config
+    from reweigh.train.config import ConfigError, load_config
 
     base = load_config(args.config, args.overrides)
     prefix = args.name or base.run_name
@@ -118,11 +118,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Planned], Path, Any]:
 
 def finished(planned: Planned) -> bool:
     """Whether the run ended (summary.json) with the very config it would run with now."""
-    from reweigh.analysis.runs import CONFIG_FILE, SUMMARY_FILE
+    from reweigh.train.run_folder import RunFolder
 
-    done = planned.run_dir / SUMMARY_FILE
-    written = planned.run_dir / CONFIG_FILE
-    return done.is_file() and written.is_file() and written.read_text() == planned.config
+    return RunFolder(planned.run_dir).finished(planned.config)
 
 
 def _command(config: str, overrides: list[str]) -> list[str]:
@@ -130,7 +128,8 @@ def _command(config: str, overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reweigh.cli import data
+    from reweigh.train import data
+    from reweigh.train.run_folder import RunFolder
 
     runs, out, base = plan(args)
     todo = [p for p in runs if not finished(p)]
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     failed = []
     for i, p in enumerate(todo, 1):
         p.run_dir.mkdir(parents=True, exist_ok=True)
-        log = p.run_dir / 'train.log'
+        log = Path(RunFolder(p.run_dir).train_log)
         print(f'  [{i}/{len(todo)}] {p.run_dir.name}: training (log: {log})', flush=True)
         start = time.monotonic()
         with open(log, 'a') as f:

@@ -1,5 +1,5 @@
-"""``reweigh train CONFIG [KEY=VALUE ...]``: the subcommand's arguments; the work is in :mod:`reweigh.cli.train`,
-imported only when the command runs (so ``reweigh --help`` does not load torch or Composer)."""
+"""``reweigh train CONFIG [KEY=VALUE ...]``: the subcommand's arguments and its summary; the work is
+:func:`reweigh.train.train`, imported only when the command runs (so ``reweigh --help`` does not load torch or Composer)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from composer.utils import dist
 
-    from reweigh.cli.config import load_config
-    from reweigh.cli.train import train
+    from reweigh.train.config import load_config
+    from reweigh.train.trainer import train
 
     summary = train(load_config(args.config, args.overrides))
     if dist.get_global_rank() == 0:
@@ -32,12 +32,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from reweigh.train.run_folder import RunFolder
+
+    folder = RunFolder(summary['run_dir'])
     print(f"\nreweigh train: finished {summary['run_name']} after {summary['steps']} steps")
     print(f"  checkpoints:  {summary['save_folder']}")
     if summary['history']:
         print(f"  loss history: {summary['history']}  (open with pyarrow.dataset; `reweigh analyze {summary['run_dir']}`)")
-    print(f"  metrics:      {summary['run_dir']}/metrics.jsonl  (evaluations and training loss per step; "
+    print(f"  metrics:      {folder.metrics}  (evaluations and training loss per step; "
           f"`reweigh compare {summary['run_dir']} OTHER_RUN ...`)")
-    print(f"  summary:      {summary['run_dir']}/summary.json")
+    print(f'  summary:      {folder.summary_file}')
     for name, value in sorted(summary['eval'].items()):
         print(f'  {name}: {value:.4f}')

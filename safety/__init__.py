@@ -1,6 +1,7 @@
 """Data from storage stays data: restricted checkpoint loading and the rule for names that become paths.
 
-Checkpoints (:mod:`reweigh.safety.checkpoints`) are loaded without running code from them; names that
+Checkpoints (:mod:`reweigh.safety.checkpoints`) are loaded without running code from them, and only those
+their ``latest`` pointer vouches for (Composer's checkpoint names are defined there too); names that
 become path components or object keys (:mod:`reweigh.safety.names`) cannot leave their root. Shard
 indexes are checked against the reweigh MDS contract in :mod:`reweigh.pipeline.shards`.
 
@@ -16,17 +17,21 @@ from typing import Any
 
 from reweigh.safety.names import NAME_PATTERN, check_name, check_relative_path, is_safe_name
 
-_CHECKPOINT_NAMES = ('CHECKPOINT_ALLOWED_GLOBALS', 'UnsafeCheckpointError', 'load_checkpoint', 'safe_checkpoint_loading')
+_CHECKPOINT_NAMES = ('CHECKPOINT_ALLOWED_GLOBALS', 'CHECKPOINT_NAME', 'UnsafeCheckpointError', 'latest_name', 'load_checkpoint',
+                     'safe_checkpoint_loading', 'set_aside_interrupted_checkpoints')
 
 __all__ = [
     'CHECKPOINT_ALLOWED_GLOBALS',
+    'CHECKPOINT_NAME',
     'NAME_PATTERN',
     'UnsafeCheckpointError',
     'check_name',
     'check_relative_path',
     'is_safe_name',
+    'latest_name',
     'load_checkpoint',
     'safe_checkpoint_loading',
+    'set_aside_interrupted_checkpoints',
 ]
 
 

@@ -1,4 +1,4 @@
-"""Load checkpoints as data: a restricted unpickler with an allow-list, for Composer and for you.
+"""Load checkpoints as data, and only those their ``latest`` pointer vouches for: a restricted unpickler, the names.
 
 Composer 0.32.1 loads every checkpoint with ``torch.load(..., weights_only=False)``: a checkpoint is a
 pickle, and a pickle may call any function while it loads (``os.system``, say). Whoever can write to a
@@ -8,6 +8,11 @@ runs with ``weights_only=True``: only tensors, containers, numbers, strings and 
 :data:`CHECKPOINT_ALLOWED_GLOBALS` can be rebuilt, and a file that names anything else is refused with
 :class:`UnsafeCheckpointError` before any of it runs. The metadata file of a sharded (FSDP,
 ``torch.distributed.checkpoint``) checkpoint, a plain pickle in torch, is read the same way.
+
+Which file is a checkpoint is Composer's naming (:data:`CHECKPOINT_NAME`, :func:`latest_name`): a ``latest``
+pointer in a bucket that names anything else is refused (:class:`reweigh.callbacks.MirrorCheckpoints`), and a
+checkpoint newer than the pointer, from a save cut short, is set aside before autoresume
+(:func:`set_aside_interrupted_checkpoints`).
 
 Example:
     >>> import tempfile, os, torch
@@ -30,12 +35,21 @@ import pickle
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ['CHECKPOINT_ALLOWED_GLOBALS', 'UnsafeCheckpointError', 'load_checkpoint', 'safe_checkpoint_loading']
+__all__ = [
+    'CHECKPOINT_ALLOWED_GLOBALS',
+    'CHECKPOINT_NAME',
+    'UnsafeCheckpointError',
+    'latest_name',
+    'load_checkpoint',
+    'safe_checkpoint_loading',
+    'set_aside_interrupted_checkpoints',
+]
 
 
 def _numpy_globals() -> list[Any]:
@@ -235,3 +249,56 @@ def safe_checkpoint_loading(extra_globals: Sequence[Any] = ()) -> Iterator[None]
     finally:
         with _lock:
             torch.load, filesystem.pickle, composer_checkpoint.load_checkpoint = outer
+
+
+CHECKPOINT_NAME = re.compile(r'^ep(\d+)-ba(?P<batch>\d+)-rank(?P<rank>\d+)\.pt$')
+"""Composer's default checkpoint file name, ``ep{epoch}-ba{batch}-rank{rank}.pt``."""
+
+
+def latest_name(rank: int) -> str:
+    """The pointer to ``rank``'s newest checkpoint: ``latest-rank{rank}.pt`` (a symlink; in a bucket, ``.symlink``).
+
+    Example:
+        >>> from reweigh.safety import CHECKPOINT_NAME, latest_name
+        >>> latest_name(1), CHECKPOINT_NAME.fullmatch('ep0-ba15-rank1.pt')['batch']
+        ('latest-rank1.pt', '15')
+    """
+    return f'latest-rank{rank}.pt'
+
+
+def set_aside_interrupted_checkpoints(folder: str | os.PathLike, rank: int) -> list[Path]:
+    """Rename the checkpoints of ``rank`` that are newer than its ``latest-rank{rank}.pt`` symlink.
+
+    Composer writes a checkpoint straight to its final name and only then points the ``latest``
+    symlink at it. A run killed in between leaves a checkpoint file that may be truncated and that
+    autoresume does not load; worse, Composer then refuses to start because that file "may conflict
+    with a future checkpoint". Such files are renamed to ``NAME.interrupted`` (kept, not deleted), so
+    that autoresume continues from the last checkpoint the symlink vouches for. Only Composer's default
+    names (``ep{epoch}-ba{batch}-rank{rank}.pt``, ``latest-rank{rank}.pt``) are recognised; a folder
+    whose ``latest`` is not a symlink is left alone.
+
+    Args:
+        folder: The local checkpoint folder.
+        rank: Whose checkpoints to check (the global rank).
+
+    Returns:
+        list[Path]: The renamed files.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.safety import set_aside_interrupted_checkpoints
+        >>> set_aside_interrupted_checkpoints(tempfile.mkdtemp(), rank=0)
+        []
+    """
+    folder = Path(folder)
+    latest = folder / latest_name(rank)
+    if not folder.is_dir() or (latest.exists() and not latest.is_symlink()):
+        return []
+    vouched = CHECKPOINT_NAME.match(os.path.basename(os.readlink(latest))) if latest.is_symlink() else None
+    last_batch = int(vouched['batch']) if vouched else -1
+    moved = []
+    for path in sorted(folder.iterdir()):
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and int(match['rank']) == rank and int(match['batch']) > last_batch:
+            moved.append(path.rename(path.with_name(path.name + '.interrupted')))
+    return moved

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from reweigh.cli.config import ConfigError, load_config
+from reweigh.train.config import ConfigError, load_config
 
 YAMLS = Path(__file__).resolve().parents[1] / 'yamls'
 

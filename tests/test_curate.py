@@ -11,8 +11,8 @@ import yaml
 from test_analysis import REL, synthetic_history
 
 from reweigh.analysis.proportions import domain_proportions, floored
-from reweigh.cli.config import load_config
 from reweigh.cli.main import main
+from reweigh.train.config import load_config
 
 
 def _summary(weight_share, row_share):

@@ -15,9 +15,10 @@ import reweigh.integrations
 import reweigh.io
 import reweigh.models
 import reweigh.safety
+import reweigh.train
 
 PACKAGES = (reweigh.algorithms, reweigh.analysis, reweigh.callbacks, reweigh.cli, reweigh.history, reweigh.integrations,
-            reweigh.io, reweigh.models, reweigh.safety)
+            reweigh.io, reweigh.models, reweigh.safety, reweigh.train)
 MODULES = sorted(
     name for package in PACKAGES for _, name, _ in pkgutil.iter_modules(package.__path__, prefix=f'{package.__name__}.')
 ) + [package.__name__ for package in PACKAGES if package is not reweigh.cli]

@@ -29,8 +29,8 @@ from composer.loggers import Logger
 from lm_helpers import make_trainer, tiny_gpt2
 
 from reweigh.algorithms import LossReweighting
-from reweigh.cli.config import ConfigError, load_config
 from reweigh.cli.main import main
+from reweigh.train.config import ConfigError, load_config
 
 LLAMA_FSDP = Path(__file__).resolve().parents[1] / 'yamls' / 'llama-1.4b-fsdp.yaml'
 

@@ -1,6 +1,6 @@
-"""Checkpoint folders left behind by a save that was interrupted (cli/resume.py)."""
+"""Checkpoint folders left behind by a save that was interrupted (safety/checkpoints.py)."""
 
-from reweigh.cli.resume import set_aside_interrupted_checkpoints
+from reweigh.safety.checkpoints import set_aside_interrupted_checkpoints
 
 
 def _touch(folder, *names):

@@ -24,13 +24,13 @@ import torch
 from test_train_cli import TINY_CPU, _overrides
 
 from reweigh.analysis import HISTORY_SCHEMA
-from reweigh.cli.config import ConfigError, load_config
 from reweigh.cli.main import main
 from reweigh.models import build_causal_lm
 from reweigh.pipeline import SampleLookup, build_train_dataloader, read_manifest
 from reweigh.pipeline.ids import make_sample_id
 from reweigh.pipeline.sources import parse_domain_arg
 from reweigh.safety import UnsafeCheckpointError, load_checkpoint, safe_checkpoint_loading
+from reweigh.train.config import ConfigError, load_config
 
 
 class Payload:

@@ -136,7 +136,7 @@ def test_a_schedule_that_reaches_zero_is_an_error_naming_when():
 def test_every_adapter_and_config_takes_its_defaults_from_the_core():
     pytest.importorskip('composer')
     from reweigh.algorithms import LossReweighting
-    from reweigh.cli.config import LossReweightingConfig
+    from reweigh.train.schema import LossReweightingConfig
 
     composer = LossReweighting()
     assert (composer.strategy, composer.r, composer.delta, composer.token_normalize) == (

@@ -9,7 +9,7 @@ the bucket only ever names a checkpoint that is completely there. On start,
 when the local folder has none, and Composer's autoresume continues from it.
 
 Example:
-    >>> from reweigh.cli.mirror import MirrorCheckpoints
+    >>> from reweigh.callbacks import MirrorCheckpoints
     >>> # callbacks = [MirrorCheckpoints('runs/x/checkpoints', 's3://bucket/runs/x/checkpoints')]
 """
 
@@ -24,14 +24,10 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from reweigh.cli.resume import CHECKPOINT_NAME
 from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_key, object_store
+from reweigh.safety.checkpoints import CHECKPOINT_NAME, latest_name
 
 __all__ = ['MirrorCheckpoints', 'restore_latest_from_remote']
-
-
-def _latest(rank: int) -> str:
-    return f'latest-rank{rank}.pt'
 
 
 class MirrorCheckpoints(Callback):
@@ -60,7 +56,7 @@ class MirrorCheckpoints(Callback):
         self._mirrored = _remote_pointer(self._uploader.store, self._uploader.prefix, dist.get_global_rank())
 
     def _target(self) -> str | None:
-        latest = self.local_folder / _latest(dist.get_global_rank())
+        latest = self.local_folder / latest_name(dist.get_global_rank())
         return os.readlink(latest) if latest.is_symlink() else None
 
     def _mirror_new(self) -> None:
@@ -71,7 +67,7 @@ class MirrorCheckpoints(Callback):
         if target is None or target == self._mirrored:
             return
         self._uploader.put(self.local_folder / target, target)
-        self._uploader.put_text(self._uploader.object_name(target), _latest(dist.get_global_rank()) + '.symlink')
+        self._uploader.put_text(self._uploader.object_name(target), latest_name(dist.get_global_rank()) + '.symlink')
         self._mirrored = target
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
@@ -94,15 +90,12 @@ class MirrorCheckpoints(Callback):
         except RemoteStoreError:
             pass  # close() raises it again
         self._uploader = None
-        try:
-            uploader.close()
-        except RemoteStoreError as e:
-            self.upload_error = e
+        self.upload_error = uploader.close_keeping_error()
 
 
 def _remote_pointer(store: Any, prefix: str, rank: int) -> str | None:
     """The checkpoint file name the bucket's ``latest-rank{rank}.pt.symlink`` names (None if there is none)."""
-    pointer = object_key(prefix, f'{_latest(rank)}.symlink')
+    pointer = object_key(prefix, f'{latest_name(rank)}.symlink')
     with tempfile.TemporaryDirectory() as tmp:
         try:
             store.download_object(pointer, os.path.join(tmp, 'pointer'), overwrite=True)
@@ -128,7 +121,7 @@ def restore_latest_from_remote(local_folder: str | os.PathLike, remote_folder: s
             cannot be read.
     """
     local_folder = Path(local_folder)
-    if (local_folder / _latest(rank)).is_symlink():
+    if (local_folder / latest_name(rank)).is_symlink():
         return None
     store, prefix = object_store(remote_folder)
     name = _remote_pointer(store, prefix, rank)
@@ -141,5 +134,5 @@ def restore_latest_from_remote(local_folder: str | os.PathLike, remote_folder: s
     except Exception as e:  # botocore/google/oci raise their own error types
         raise ValueError(f'cannot download {remote_folder}/{name}: {type(e).__name__}: {e}') from e
     partial.rename(local_folder / name)
-    (local_folder / _latest(rank)).symlink_to(name)
+    (local_folder / latest_name(rank)).symlink_to(name)
     return name

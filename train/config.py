@@ -1,7 +1,8 @@
-"""The training-config schema of ``reweigh train``: load YAML, apply dotted overrides, validate.
+"""Load a ``reweigh train`` config: YAML, dotted overrides, then every check, before anything heavy starts.
 
-The schema follows llm-foundry's train configs. Everything is validated before anything heavy
-starts: unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key.
+Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key. The schema is
+:mod:`reweigh.train.schema`; Composer (for durations) and the model and algorithm modules (for their own checks)
+are imported when a config is validated, so :class:`ConfigError` and :func:`validate_uri` come without them.
 """
 
 from __future__ import annotations
@@ -9,155 +10,30 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from composer.core import Time, TimeUnit
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY, DEFAULT_TOKEN_NORMALIZE
-from reweigh.algorithms.loss_reweighting import DEFAULT_WARMUP, LossReweighting
-from reweigh.algorithms.times import parse_time
 from reweigh.io.uri import READ_SCHEMES, UPLOAD_SCHEMES, is_remote, scheme_of, schemes_text
 from reweigh.safety.names import check_name
+from reweigh.train.schema import TrainConfig
 
-__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_uri']
+if TYPE_CHECKING:
+    from composer.core import Time, TimeUnit
+
+__all__ = ['ConfigError', 'load_config', 'validate_uri']
+
 
 class ConfigError(ValueError):
-    """A training config that cannot run; the message names the offending key."""
+    """A training config that cannot run; the message names the offending key.
 
-
-@dataclass
-class ModelConfig:
-    family: str = 'gpt2'
-    """``gpt2`` or ``llama``: the model is built from its ``transformers`` config (no download)."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of ``GPT2Config``/``LlamaConfig``; ``vocab_size`` defaults to the tokenizer's."""
-    loss_impl: str = 'auto'
-    """``auto``, ``chunked``, ``cce`` or ``materialized``: how the loss is computed (see ``ReweighCausalLM``)."""
-    chunk_size: Optional[int] = None
-    """Tokens per chunk of the ``chunked`` loss; default: 256 MiB of fp32 logits per chunk."""
-
-
-@dataclass
-class TokenizerConfig:
-    name: Optional[str] = None
-    """Hugging Face name or local path; default: the tokenizer stored with the prepared dataset."""
-
-
-@dataclass
-class DatasetConfig:
-    local: str = MISSING
-    """Local folder: the prepared dataset itself, or the cache for ``remote``."""
-    remote: Optional[str] = None
-    """Root of a prepared dataset in object storage (``s3://``, ``gs://``, ...)."""
-    prepare_default: bool = False
-    """If ``local`` holds no dataset (and ``remote`` is unset), prepare the embedded default corpus there."""
-    proportions: Optional[dict[str, float]] = None
-    """Domain mixing proportions by domain name; default: every domain in its natural size."""
-    shuffle: bool = True
-    shuffle_seed: Optional[int] = None
-    """Default: the run's ``seed``."""
-
-
-@dataclass
-class LoaderConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    num_workers: int = 0
-    drop_last: bool = True
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = 'decoupled_adamw'
-    lr: float = 6.0e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1.0e-8
-    weight_decay: float = 0.0
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = 'cosine_with_warmup'
-    t_warmup: str = '0ba'
-    alpha_f: float = 0.1
-
-
-@dataclass
-class RScheduleConfig:
-    name: str = 'linear'
-    alpha_i: float = 1.0
-    alpha_f: float = 1.0
-    t_max: str = '1dur'
-
-
-@dataclass
-class LossReweightingConfig:
-    strategy: str = DEFAULT_STRATEGY
-    r: float = DEFAULT_R
-    delta: float = DEFAULT_DELTA
-    warmup: str = DEFAULT_WARMUP
-    token_normalize: bool = DEFAULT_TOKEN_NORMALIZE
-    r_schedule: Optional[RScheduleConfig] = None
-
-
-@dataclass
-class AlgorithmsConfig:
-    loss_reweighting: Optional[LossReweightingConfig] = None
-    """Present: train with reweighting. Absent: the uniform baseline."""
-
-
-@dataclass
-class HistoryConfig:
-    enabled: bool = True
-    """Record every sample's loss and weight per step (a uniform run records too, unchanged)."""
-    folder: Optional[str] = None
-    """Default: ``{run_dir}/history``."""
-    flush_interval: str = '100ba'
-
-
-@dataclass
-class TrainConfig:
-    run_name: str = MISSING
-    run_dir: Optional[str] = None
-    """Local folder for this run's outputs; default ``runs/{run_name}``."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train_loader: LoaderConfig = field(default_factory=LoaderConfig)
-    eval_loader: Optional[LoaderConfig] = None
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
-    history: HistoryConfig = field(default_factory=HistoryConfig)
-    callbacks: dict[str, Any] = field(default_factory=dict)
-    loggers: dict[str, Any] = field(default_factory=dict)
-    max_duration: str = MISSING
-    eval_interval: str = '1ep'
-    global_train_batch_size: int = MISSING
-    device_train_microbatch_size: Any = None
-    """An int, ``'auto'``, or unset (the per-device batch)."""
-    precision: str = 'fp32'
-    device: str = 'auto'
-    save_folder: Optional[str] = None
-    """Local path or object-store URI; default ``{run_dir}/checkpoints``."""
-    save_interval: str = '1ep'
-    object_store_outage_s: float = 600.0
-    """With a remote ``save_folder``: how long uploads keep retrying while the store is unreachable
-    before the run stops with an error (it then resumes from what is in the bucket)."""
-    save_num_checkpoints_to_keep: int = -1
-    autoresume: bool = False
-    load_path: Optional[str] = None
-    """A checkpoint to start from (local path or object-store URI); an autoresume checkpoint takes precedence."""
-    load_weights_only: bool = False
-    """With ``load_path``: take the model weights only, not the optimizer, schedule, dataloader or RNG state."""
-    seed: int = 17
-    progress_bar: Optional[bool] = None
-    """A progress bar; unset: a bar when stderr is a terminal, else a log line every ``console_log_interval``."""
-    console_log_interval: str = '10ba'
-    fsdp_config: Optional[dict[str, Any]] = None
-    dist_timeout: float = 300.0
+    Example:
+        >>> from reweigh.train.config import ConfigError
+        >>> isinstance(ConfigError("config key 'seed': must be an int."), ValueError)
+        True
+    """
 
 
 OPTIMIZERS = ('decoupled_adamw', 'adamw', 'decoupled_sgdw', 'sgd')
@@ -186,7 +62,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
 
     Example:
         >>> import tempfile, os
-        >>> from reweigh.cli.config import load_config
+        >>> from reweigh.train.config import load_config
         >>> yaml = 'run_name: demo\\nmax_duration: 10ba\\nglobal_train_batch_size: 8\\n'
         >>> yaml += f'train_loader: {{dataset: {{local: {tempfile.mkdtemp()}}}}}\\n'
         >>> with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:
@@ -236,6 +112,8 @@ def _check_name(key: str, value: Any) -> None:
 
 
 def _check_time(key: str, value: str, units: Sequence[TimeUnit]) -> Time:
+    from reweigh.algorithms.times import parse_time
+
     try:
         return parse_time(value, units, key.rsplit('.', 1)[-1])
     except ValueError as e:
@@ -247,6 +125,15 @@ def validate_uri(key: str, value: str) -> str:
 
     Raises:
         ConfigError: For an empty value, an unsupported scheme, or a URI with no bucket.
+
+    Example:
+        >>> from reweigh.train.config import validate_uri
+        >>> validate_uri('save_folder', 's3://bucket/runs')
+        's3://bucket/runs'
+        >>> validate_uri('save_folder', 'ftp://host/runs')
+        Traceback (most recent call last):
+        ...
+        reweigh.train.config.ConfigError: config key 'save_folder': unsupported URI scheme 'ftp'; use a local path or ...
     """
     if not value or not str(value).strip():
         _fail(key, 'must not be empty.')
@@ -269,6 +156,9 @@ def _prepared_by_train_loader(cfg: Any, ds: Any) -> bool:
 
 def _validate(cfg: Any) -> None:
     """Checks OmegaConf's type system cannot express."""
+    from composer.core import TimeUnit
+
+    from reweigh.algorithms.loss_reweighting import LossReweighting
     from reweigh.models.causal_lm import _FAMILIES  # the families build_causal_lm knows
 
     _check_name('run_name', cfg.run_name)  # it names folders and object keys

@@ -1,4 +1,13 @@
-"""Turn a validated :class:`~reweigh.cli.config.TrainConfig` into Composer objects."""
+"""Turn a validated :class:`~reweigh.train.schema.TrainConfig` into Composer objects.
+
+Example:
+    >>> from omegaconf import OmegaConf
+    >>> from reweigh.train.builders import build_algorithms, build_scheduler
+    >>> from reweigh.train.schema import TrainConfig
+    >>> cfg = OmegaConf.structured(TrainConfig)
+    >>> type(build_scheduler(cfg)).__name__, build_algorithms(cfg)
+    ('CosineAnnealingWithWarmupScheduler', [])
+"""
 
 from __future__ import annotations
 
@@ -20,8 +29,8 @@ from composer.optim import (
 from omegaconf import OmegaConf
 
 from reweigh.algorithms import LossReweighting
-from reweigh.cli.config import ConfigError
 from reweigh.models import ReweighCausalLM, build_causal_lm
+from reweigh.train.config import ConfigError
 
 __all__ = ['build_algorithms', 'build_callbacks', 'build_loggers', 'build_model', 'build_optimizer', 'build_scheduler']
 

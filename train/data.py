@@ -1,4 +1,10 @@
-"""The data side of ``reweigh train``: find (or prepare) the dataset, its tokenizer and dataloaders."""
+"""The data side of ``reweigh train``: find (or prepare) the dataset, its tokenizer and dataloaders.
+
+Example:
+    >>> from reweigh.train.data import DatasetRef
+    >>> DatasetRef('s3://bucket/data', '/tmp/cache').root
+    's3://bucket/data'
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import os
 import time
 from typing import Any, NamedTuple
 
-from reweigh.cli.config import ConfigError
 from reweigh.pipeline import (
     build_eval_dataloaders,
     build_train_dataloader,
@@ -17,6 +22,7 @@ from reweigh.pipeline import (
     load_tokenizer as load_named_tokenizer,
 )
 from reweigh.pipeline.lookup import SampleLookup
+from reweigh.train.config import ConfigError
 
 __all__ = ['DatasetRef', 'build_eval_loaders', 'build_train_loader', 'load_tokenizer', 'prepare_if_needed']
 

@@ -1,0 +1,152 @@
+"""A run folder of ``reweigh train``: the one place that names its files, for every reader and writer.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (evaluations and training loss per
+step), ``summary.json`` (written last: the run finished), ``history/`` (the per-sample loss history),
+``checkpoints/`` (the default ``save_folder``) and, for a run of ``reweigh sweep``, ``train.log``. The names that
+the readers in :mod:`reweigh.analysis.runs` need are defined there; :class:`RunFolder` joins them onto a local
+folder or an object-store URI. This module imports neither torch nor Composer.
+
+Example:
+    >>> from reweigh.train.run_folder import RunFolder
+    >>> RunFolder('runs/tiny-cpu').history, RunFolder('s3://bucket/runs/tiny-cpu/').summary_file
+    ('runs/tiny-cpu/history', 's3://bucket/runs/tiny-cpu/summary.json')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE
+from reweigh.io.arrow import read_text
+from reweigh.io.local import write_atomically
+from reweigh.io.uri import is_remote
+
+__all__ = ['CHECKPOINTS_FOLDER', 'TRAIN_LOG', 'RunFolder']
+
+CHECKPOINTS_FOLDER = 'checkpoints'
+"""Where checkpoints go when the config sets no ``save_folder`` (and Composer's local folder for a remote one)."""
+TRAIN_LOG = 'train.log'
+"""The output of a run that ``reweigh sweep`` started."""
+
+
+class RunFolder:
+    """The files of one run folder, local or in object storage (``s3://``, ``gs://``, ...).
+
+    The paths are strings: joined with :mod:`pathlib` for a local folder, with ``/`` for a URI. Writing
+    (:meth:`write_config`, :meth:`write_summary`) is for local folders; the trainer uploads the written files.
+
+    Args:
+        root: The folder: a local path or an object-store URI.
+
+    Example:
+        >>> import tempfile
+        >>> from reweigh.train.run_folder import RunFolder
+        >>> folder = RunFolder(tempfile.mkdtemp())
+        >>> folder.write_config('run_name: demo\\n')
+        >>> folder.finished('run_name: demo\\n')
+        False
+        >>> folder.write_summary({'run_name': 'demo', 'history': None})
+        >>> folder.finished('run_name: demo\\n'), folder.finished('run_name: other\\n'), folder.read_summary()['run_name']
+        (True, False, 'demo')
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        text = os.fspath(root)
+        self._given = text  # for messages, as the user wrote it
+        self.remote = is_remote(text)
+        """Whether the folder is an object-store URI."""
+        self.root = text.rstrip('/') if self.remote else str(Path(text))
+        """The folder, normalised (no trailing ``/``)."""
+
+    def __repr__(self) -> str:
+        return f'RunFolder({self.root!r})'
+
+    def _file(self, name: str) -> str:
+        return f'{self.root}/{name}' if self.remote else str(Path(self.root) / name)
+
+    @property
+    def config(self) -> str:
+        """``config.yaml``: the resolved training config."""
+        return self._file(CONFIG_FILE)
+
+    @property
+    def metrics(self) -> str:
+        """``metrics.jsonl``: evaluations and training metrics per step."""
+        return self._file(METRICS_FILE)
+
+    @property
+    def summary_file(self) -> str:
+        """``summary.json``: paths, steps and final evaluation metrics, written when the run ends."""
+        return self._file(SUMMARY_FILE)
+
+    @property
+    def history(self) -> str:
+        """``history/``: the per-sample loss history (the default ``history.folder``)."""
+        return self._file(HISTORY_FOLDER)
+
+    @property
+    def checkpoints(self) -> str:
+        """``checkpoints/``: the default ``save_folder``."""
+        return self._file(CHECKPOINTS_FOLDER)
+
+    @property
+    def train_log(self) -> str:
+        """``train.log``: the output of a run of ``reweigh sweep``."""
+        return self._file(TRAIN_LOG)
+
+    def write_config(self, text: str) -> None:
+        """Create the (local) folder and write ``config.yaml`` atomically."""
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        write_atomically(self.config, text)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically (in a local folder): the run has finished."""
+        write_atomically(self.summary_file, json.dumps(summary, indent=2))
+
+    def read_summary(self) -> dict[str, Any]:
+        """The run's ``summary.json``, or ``{}`` if it has none.
+
+        Raises:
+            ValueError: If it cannot be read or is not JSON.
+        """
+        try:
+            if self.remote:
+                text = read_text(self.summary_file, missing_ok=True)
+            else:
+                path = Path(self.summary_file)
+                text = path.read_text() if path.is_file() else None
+            return json.loads(text) if text is not None else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f'{self.summary_file} cannot be read: {e}') from e
+
+    def finished(self, config: str) -> bool:
+        """Whether the (local) run ended (``summary.json``) with the very config ``config`` (``config.yaml``'s text)."""
+        written = Path(self.config)
+        return Path(self.summary_file).is_file() and written.is_file() and written.read_text() == config
+
+    def locate_history(self) -> tuple[str, dict[str, Any]]:
+        """The loss history and the summary (``{}`` if none) of this folder: a run folder, a history folder, or a URI.
+
+        A local run folder's history is the one its ``summary.json`` names, else its ``history/`` if there is
+        one, else the folder itself (a history folder). A URI is taken as a run folder unless it ends in
+        ``/history``; its summary is not read.
+
+        Raises:
+            ValueError: If a local folder does not exist or its ``summary.json`` cannot be read.
+
+        Example:
+            >>> from reweigh.train.run_folder import RunFolder
+            >>> RunFolder('gs://bucket/runs/x').locate_history(), RunFolder('gs://bucket/runs/x/history/').locate_history()
+            (('gs://bucket/runs/x/history', {}), ('gs://bucket/runs/x/history', {}))
+        """
+        if self.remote:
+            return (self.root if self.root.endswith(f'/{HISTORY_FOLDER}') else self.history), {}
+        if not Path(self.root).exists():
+            raise ValueError(f'{self._given!r} does not exist.')
+        summary = self.read_summary()
+        if summary.get('history'):
+            return summary['history'], summary
+        return self.history if Path(self.history).is_dir() else self.root, summary

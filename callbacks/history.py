@@ -10,6 +10,7 @@ from composer.core import Callback, State, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
+from reweigh.algorithms.deferred_metrics import DeferredMetrics
 from reweigh.algorithms.loss_reweighting import LossReweighting, composer_progress
 from reweigh.algorithms.losses import per_sample_loss_from
 from reweigh.algorithms.reweighter import Reweighter
@@ -26,7 +27,9 @@ class LossHistory(Callback):
 
     With :class:`~reweigh.algorithms.LossReweighting` among the trainer's algorithms it records the core's record
     of each microbatch (the losses and weights the algorithm used); without one (a baseline run) it weighs the
-    per-sample losses uniformly with the same core itself, leaving training untouched. The format and the
+    per-sample losses uniformly with the same core itself, leaving training untouched, and logs the core's
+    ``loss_reweighting/*`` statistics as the algorithm would (so a baseline's ``mean_loss`` is the same
+    sample-mean as a reweighted run's). The format and the
     recorder are :mod:`reweigh.history`; the domain names of a reweigh dataset's loader go into the parts'
     metadata, so that ``reweigh analyze`` names the domains. Rows are copied off the device asynchronously,
     buffered, and written by a background thread every ``flush_interval`` batches, so training does not wait on disk. At every
@@ -81,6 +84,7 @@ class LossHistory(Callback):
         self._reweighter: Reweighter | None = None
         self._algorithm: LossReweighting | None = None
         self._recorder: HistoryRecorder | None = None
+        self._metrics = DeferredMetrics()  # a baseline's statistics
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._algorithm = next((a for a in state.algorithms if isinstance(a, LossReweighting)), None)
@@ -108,11 +112,15 @@ class LossHistory(Callback):
         if self._reweighter.last is not None:
             self._recorder.record(int(state.timestamp.batch.value), self._reweighter.last.record)
 
+    def batch_start(self, state: State, logger: Logger) -> None:
+        if self._algorithm is None and self._reweighter is not None:
+            self._reweighter.reset_metrics()  # a microbatch size search may have left statistics of abandoned tries
+
     def batch_end(self, state: State, logger: Logger) -> None:
         if self._recorder is None:
             return
-        if self._algorithm is None:
-            self._reweighter.reset_metrics()  # the baseline's statistics are not logged
+        if self._algorithm is None and (report := self._reweighter.report()) is not None:
+            self._metrics.push(int(state.timestamp.batch.value) - 1, *report, logger)
         if int(state.timestamp.batch.value) % self.flush_every == 0:
             self._recorder.flush(wait=False)
         self._recorder.upload_finished()
@@ -123,6 +131,7 @@ class LossHistory(Callback):
         return {}
 
     def fit_end(self, state: State, logger: Logger) -> None:
+        self._metrics.flush(logger)
         self.close(state, logger)
 
     def close(self, state: State, logger: Logger) -> None:

@@ -133,9 +133,11 @@ def test_a_baseline_without_the_algorithm_records_uniform_weights_and_trains_as_
     recorded = tiny_gpt2()
     recorded.load_state_dict(plain.state_dict())
     make_trainer(plain, [], train_dataloader=_loader(), max_duration='3ba').fit()
-    history = LossHistory(folder=str(tmp_path / '{run_name}'))
+    from composer.loggers import InMemoryLogger
+
+    history, logged = LossHistory(folder=str(tmp_path / '{run_name}')), InMemoryLogger()
     make_trainer(recorded, [], callbacks=[history], train_dataloader=_loader(), max_duration='3ba',
-                 run_name='baseline').fit()
+                 run_name='baseline', loggers=[logged]).fit()
     for a, b in zip(plain.parameters(), recorded.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # recording leaves training untouched
     rows = _read(tmp_path / 'baseline').to_pylist()
@@ -144,6 +146,10 @@ def test_a_baseline_without_the_algorithm_records_uniform_weights_and_trains_as_
     assert [r['sample_id'] for r in rows] == [1000 + i for i in range(24)]
     meta = json.loads(pq.read_schema(list_parts(tmp_path / 'baseline' / 'rank0')[0][2]).metadata[b'reweigh'])
     assert meta['strategy'] == 'uniform' and meta['run_name'] == 'baseline' and 'domains' not in meta
+    # the baseline logs the core's statistics as the algorithm does: its mean_loss is the rows' sample mean
+    mean_loss = [value for _, value in logged.data['loss_reweighting/mean_loss']]
+    assert mean_loss == pytest.approx([sum(r['loss'] for r in rows[8 * s:8 * s + 8]) / 8 for s in range(3)], rel=1e-5)
+    assert [value for _, value in logged.data['loss_reweighting/active']] == [0.0] * 3
 
 
 def test_batches_without_ids_are_recorded_with_minus_one(tmp_path):

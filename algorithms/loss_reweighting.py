@@ -22,12 +22,12 @@ from reweigh.algorithms.constants import (
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
 from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss_from
 from reweigh.algorithms.reweighter import Progress, Reweighter
-from reweigh.algorithms.step import MicrobatchWeights
+from reweigh.algorithms.step import MicrobatchWeights, ReweightedMicrobatch
 from reweigh.algorithms.times import parse_time
 
 log = logging.getLogger(__name__)
 
-__all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'composer_progress', 'parse_warmup']
+__all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'composer_progress', 'composer_step', 'parse_warmup']
 
 _WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
 DEFAULT_WARMUP = f'{DEFAULT_WARMUP_STEPS}ba'
@@ -206,7 +206,7 @@ class LossReweighting(Algorithm):
 
     def in_warmup(self, state: State) -> bool:
         """Whether ``state`` is still inside the uniform warm-up."""
-        return self.reweighter.in_warmup(composer_progress(state))
+        return self.reweighter.in_warmup(composer_progress(state, self.reweighter))
 
     def current_r(self, state: State | None) -> float:
         """The temperature in use at ``state``: ``r`` times ``r_schedule(state)`` if one is set.
@@ -214,19 +214,14 @@ class LossReweighting(Algorithm):
         Raises:
             ValueError: If the schedule yields a temperature that is not > 0.
         """
-        return self.reweighter.current_r(None if state is None else composer_progress(state))
+        return self.reweighter.current_r(None if state is None else composer_progress(state, self.reweighter))
 
     def _reweight(self, state: State) -> None:
         if not isinstance(state.loss, torch.Tensor):
             raise ValueError(
                 f'LossReweighting needs a model whose loss() returns a single tensor, got {type(state.loss).__name__}.',
             )
-        per_sample = self.per_sample_loss(state)
-        capacity = state.device_train_microbatch_size
-        capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
-        batch = state.batch if isinstance(state.batch, Mapping) else {}
-        step = self.reweighter.step(per_sample.loss, per_sample.tokens, composer_progress(state), capacity=capacity,
-                                    sample_id=batch.get('sample_id'), domain=batch.get('domain'))
+        step = composer_step(self.reweighter, state, self.per_sample_loss(state))
         if step.loss is not None:
             state.loss = self._undo_token_scaling(state, step.loss)
 
@@ -259,13 +254,25 @@ class LossReweighting(Algorithm):
         self.reweighter.load_state_dict(state, owner='LossReweighting')
 
 
-def composer_progress(state: State) -> Progress:
-    """Where a Composer run is, for the core: its timestamp's batches, samples, tokens and epochs, the elapsed
-    share of ``max_duration`` (``None`` until known), and the ``State`` itself as the ``r_schedule`` clock."""
+def composer_progress(state: State, reweighter: Reweighter) -> Progress:
+    """Where a Composer run is, for ``reweighter``: its timestamp's batches, samples, tokens and epochs, the elapsed
+    share of ``max_duration`` when the warm-up is measured in it (``None`` otherwise, and until known: Composer
+    takes about 10 us to compute it), and the ``State`` itself as the ``r_schedule`` clock."""
     ts = state.timestamp
-    elapsed = state.get_elapsed_duration() if state.max_duration is not None else None
+    needed = reweighter.warmup.unit == 'dur' and state.max_duration is not None
+    elapsed = state.get_elapsed_duration() if needed else None
     return Progress(int(ts.batch.value), int(ts.sample.value), int(ts.token.value), int(ts.epoch.value),
                     None if elapsed is None else float(elapsed.value), state)
+
+
+def composer_step(reweighter: Reweighter, state: State, per_sample: PerSampleLoss) -> ReweightedMicrobatch:
+    """:meth:`Reweighter.step` on a Composer microbatch: its progress, the device microbatch size as the gather's
+    capacity (``None`` while Composer searches for it), and the batch's ``sample_id`` and ``domain`` for the record."""
+    capacity = state.device_train_microbatch_size
+    capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
+    batch = state.batch if isinstance(state.batch, Mapping) else {}
+    return reweighter.step(per_sample.loss, per_sample.tokens, composer_progress(state, reweighter), capacity=capacity,
+                           sample_id=batch.get('sample_id'), domain=batch.get('domain'))
 
 
 def _calling_trainer() -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
-from reweigh.algorithms.loss_reweighting import LossReweighting, composer_progress
+from reweigh.algorithms.loss_reweighting import LossReweighting, composer_step
 from reweigh.algorithms.losses import per_sample_loss_from
 from reweigh.algorithms.reweighter import Reweighter
 from reweigh.algorithms.times import parse_time
@@ -105,10 +104,7 @@ class LossHistory(Callback):
             return
         if self._algorithm is None:
             per_sample, _ = per_sample_loss_from(state.outputs, state.batch)
-            batch = state.batch if isinstance(state.batch, Mapping) else {}
-            self._reweighter.step(per_sample.loss.detach(), per_sample.tokens, composer_progress(state),
-                                  capacity=_capacity(state, per_sample.loss.shape[0]),
-                                  sample_id=batch.get('sample_id'), domain=batch.get('domain'))
+            composer_step(self._reweighter, state, per_sample._replace(loss=per_sample.loss.detach()))
         if self._reweighter.last is not None:
             self._recorder.record(int(state.timestamp.batch.value), self._reweighter.last.record)
 
@@ -141,9 +137,3 @@ class LossHistory(Callback):
         if recorder is not None:
             recorder.close()
             self.upload_error = recorder.upload_error
-
-
-def _capacity(state: State, n: int) -> int | None:
-    """Slots per rank in the gather: the device microbatch size (``None`` while Composer searches for it)."""
-    capacity = state.device_train_microbatch_size
-    return max(capacity, n) if isinstance(capacity, int) else None

@@ -22,7 +22,7 @@ from typing import Any
 from reweigh.analysis.runs import CONFIG_FILE, HISTORY_FOLDER, METRICS_FILE, SUMMARY_FILE
 from reweigh.io.arrow import read_text
 from reweigh.io.local import write_atomically
-from reweigh.io.uri import is_remote
+from reweigh.io.uri import is_remote, join
 
 __all__ = ['CHECKPOINTS_FOLDER', 'TRAIN_LOG', 'RunFolder']
 
@@ -65,7 +65,7 @@ class RunFolder:
         return f'RunFolder({self.root!r})'
 
     def _file(self, name: str) -> str:
-        return f'{self.root}/{name}' if self.remote else str(Path(self.root) / name)
+        return join(self.root, name)
 
     @property
     def config(self) -> str:
@@ -113,11 +113,7 @@ class RunFolder:
             ValueError: If it cannot be read or is not JSON.
         """
         try:
-            if self.remote:
-                text = read_text(self.summary_file, missing_ok=True)
-            else:
-                path = Path(self.summary_file)
-                text = path.read_text() if path.is_file() else None
+            text = read_text(self.summary_file, missing_ok=True)
             return json.loads(text) if text is not None else {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f'{self.summary_file} cannot be read: {e}') from e

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='YAML snippet to write (default: RUN/proportions.yaml, or ./proportions.yaml for a URI)')
     p.add_argument('--dataset', help='the prepared dataset the run trained on (default: the one in RUN/summary.json)')
     p.add_argument('--dataset-cache', help='local cache folder for a remote --dataset')
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, extra='composer')  # reweigh.integrations.extras
 
 
 def _caps(items: list[str]) -> dict[str, int]:

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='--engine spark without --tokenizer: train the BPE on the driver on the first N bytes of '
                    'each domain (default 268435456)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, extra='composer')  # reweigh.integrations.extras
 
 
 def run(args: argparse.Namespace) -> int:

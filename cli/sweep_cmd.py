@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='print one `reweigh train` command per unfinished run instead of running them (to spread '
                    'them over machines or GPUs), and exit')
     p.add_argument('--no-compare', action='store_true', help='train only; do not run `reweigh compare` afterwards')
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, extra='composer')  # reweigh.integrations.extras
 
 
 class Planned(NamedTuple):

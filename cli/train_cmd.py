@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('config', help='YAML training config')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='dotted overrides, e.g. max_duration=20ba')
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, extra='composer')  # reweigh.integrations.extras
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ Composer: the same weights, the same metrics (``loss_reweighting/...`` in the Tr
 ``accelerate``, as every ``Trainer`` does.
 
 Example:
-    >>> import tempfile, torch, transformers
+    >>> import contextlib, io, tempfile, torch, transformers
     >>> from datasets import Dataset
     >>> from reweigh.integrations.transformers import ReweighTrainer
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -24,8 +24,10 @@ Example:
     ...     model=transformers.GPT2LMHeadModel(config), args=args, train_dataset=data,
     ...     strategy='linupper', r=1.0, warmup=1, history_folder=tempfile.mkdtemp(),
     ... )
-    >>> result = trainer.train()  # doctest: +ELLIPSIS
-    {'train_runtime': ..., 'loss_reweighting/weight_entropy': ..., 'loss_reweighting/active': 0.5, 'epoch': 1.0}
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its logs
+    ...     result = trainer.train()
+    >>> result.global_step, trainer.state.log_history[-1]['loss_reweighting/active']
+    (2, 0.5)
     >>> last = trainer.last_microbatch
     >>> last.active, last.weights.shape, round(float(last.weights.sum()), 4)
     (True, torch.Size([4]), 1.0)

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from reweigh.io.uri import UPLOAD_SCHEMES, schemes_text
+from reweigh.io.uri import UPLOAD_SCHEMES, scheme_of, schemes_text
 
 __all__ = ['DEFAULT_OUTAGE_LIMIT_S', 'DurableUploader', 'RemoteStoreError', 'object_key', 'object_store']
 
@@ -52,14 +52,19 @@ def object_store(uri: str) -> tuple[Any, str]:
     for S3-compatible stores).
 
     Raises:
-        ValueError: For a scheme other than ``s3://``, ``gs://`` and ``oci://``.
+        ValueError: For a scheme other than ``s3://``, ``gs://`` and ``oci://``, or without Composer (the
+            ``composer`` extra of :mod:`reweigh.integrations.extras`, which the message names).
     """
-    from composer.utils import parse_uri
-    from composer.utils.object_store.utils import build_remote_backend
+    if scheme_of(uri) not in UPLOAD_SCHEMES:
+        raise ValueError(f'{uri}: uploads need one of {schemes_text(UPLOAD_SCHEMES)}')
+    try:
+        from composer.utils import parse_uri
+        from composer.utils.object_store.utils import build_remote_backend
+    except ModuleNotFoundError as e:  # io imports nothing of reweigh's above it, so the extra is named here
+        raise ValueError(f"{uri}: uploads to a bucket use Composer's object stores (not installed: {e.name}): "
+                         "pip install 'reweigh[composer]'") from e
 
     backend, bucket, path = parse_uri(uri)
-    if backend not in UPLOAD_SCHEMES:
-        raise ValueError(f'{uri}: uploads need one of {schemes_text(UPLOAD_SCHEMES)}')
     return build_remote_backend(backend, {'bucket': bucket}), path.strip('/')
 
 

@@ -6,11 +6,13 @@ become path components or object keys (:mod:`reweigh.safety.names`) cannot leave
 indexes are checked against the reweigh MDS contract in :mod:`reweigh.pipeline.shards`.
 
 Example:
-    >>> from reweigh.safety import check_name, safe_checkpoint_loading
+    >>> from reweigh.safety import check_name
     >>> check_name('run_name', 'tiny-cpu')
     'tiny-cpu'
-    >>> with safe_checkpoint_loading():
-    ...     pass  # build and fit your composer.Trainer here
+    >>> check_name('run_name', '../elsewhere')
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
 """
 
 from typing import Any

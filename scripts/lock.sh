@@ -14,7 +14,7 @@
 # calls scripts/setup_env.sh with requirements/NAME.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENVIRONMENTS=(main foundry)
+ENVIRONMENTS=(main foundry today olmo)
 # The resolver is pinned too (another uv may write the same resolution differently): the uv that setup installs.
 UV_VERSION=$(sed -n 's/^uv==//p' requirements/tools.in)
 PYTHON="${PYTHON:-python3}"
@@ -31,4 +31,4 @@ for name in "${ENVIRONMENTS[@]}"; do
         --universal --python-version 3.11 --generate-hashes --index-url https://pypi.org/simple \
         --no-emit-package reweigh --custom-compile-command "bash scripts/lock.sh" "$@"
 done
-echo "reweigh lock: done; re-run scripts/setup.sh and scripts/setup_foundry.sh to install the new locks"
+echo "reweigh lock: done; re-run scripts/setup.sh, setup_foundry.sh, setup_today.sh and setup_olmo.sh to install the new locks"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make a virtual environment hold exactly one lock file (creating it if absent), then reweigh itself, editable.
 #
-#   bash scripts/setup_env.sh VENV LOCK      (scripts/setup.sh and scripts/setup_foundry.sh call this)
+#   bash scripts/setup_env.sh VENV LOCK [PACKAGE ...]   (the scripts/setup*.sh call this)
 #
 # 1. pip installs the lock's uv (its pinned version and hashes), so the machine's pip configuration (an index
 #    mirror, find-links, a constraints file) is what fetches it;
@@ -13,16 +13,18 @@
 #    Python would otherwise compile every module at every start (`import composer, transformers` took 19.5 s
 #    instead of 7.1 s, and the test suite half as long again);
 # 3. reweigh itself, editable, without build isolation (its build back-end is in the lock); then `uv pip check`.
+# 4. It prints the installed versions of the PACKAGEs named (what the environment is for).
 # Safe to re-run: what already matches the lock is kept. The lock installed is recorded in VENV/reweigh-lock.json,
 # which tests/test_locks.py compares with the installed packages and with the lock in the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -ne 2 ] || [ ! -f "$2" ]; then
-    echo "usage: bash scripts/setup_env.sh VENV LOCK (LOCK: one of requirements/*.txt)" >&2
+if [ $# -lt 2 ] || [ ! -f "$2" ]; then
+    echo "usage: bash scripts/setup_env.sh VENV LOCK [PACKAGE ...] (LOCK: one of requirements/*.txt)" >&2
     exit 2
 fi
 venv="$1"
 lock="$2"
+shift 2
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
     echo "reweigh setup: creating $venv with $($PYTHON --version)"
@@ -56,3 +58,10 @@ with open(lock, "rb") as f:
 with open(record, "w") as f:
     json.dump({"lock": lock, "sha256": digest}, f)
 EOF
+if [ $# -gt 0 ]; then
+    "$venv/bin/python" - "$venv" "$@" <<'EOF'
+import sys
+from importlib.metadata import version
+print(f'reweigh setup: {sys.argv[1]} done (' + ', '.join(f'{name} {version(name)}' for name in sys.argv[2:]) + ')')
+EOF
+fi

@@ -4,6 +4,4 @@
 # transformers 4.51, datasets < 3.7), so this environment also tests reweigh there. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh .venv-foundry requirements/foundry.txt
-.venv-foundry/bin/python -c "import llmfoundry, streaming, transformers; print('reweigh setup (llm-foundry): done', \
-'(llm-foundry', llmfoundry.__version__ + ', streaming', streaming.__version__ + ', transformers', transformers.__version__ + ')')"
+bash scripts/setup_env.sh .venv-foundry requirements/foundry.txt llm-foundry mosaicml mosaicml-streaming transformers

@@ -174,6 +174,7 @@ def test_analyze_imports_neither_torch_nor_composer_nor_streaming(tmp_path):
     assert (tmp_path / 'out' / 'report.md').is_file() and (tmp_path / 'out' / 'samples.parquet').is_file()
 
 
+@pytest.mark.composer  # the dataset is prepared with the pipeline
 def test_analyze_with_the_dataset_shows_sample_text_without_the_training_stack(tmp_path, small_dataset):
     import json
     import subprocess

@@ -62,3 +62,32 @@ def test_analyze_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys, mon
                 'broken-summary': 'summary.json cannot be read', 'missing-dataset': 'holds no prepared dataset',
                 'bad-uri': 'ftp://host/run', 'unreachable-store': 'cannot read the history at s3://bucket/run'}[case]
     assert line.startswith('reweigh analyze: error:') and expected in line
+
+
+BLOCKED = ('composer', 'streaming', 'omegaconf', 'llmfoundry')
+"""What an install without reweigh[composer] lacks (transformers and datasets may come with the hf extra)."""
+
+
+def test_without_the_composer_extra_its_commands_name_it_and_analysis_works(tmp_path):
+    """With Composer, Streaming and OmegaConf unimportable (as after `pip install reweigh`), `train`, `prepare`,
+    `curate` and `sweep` each say in one line which extra to install and exit 2, and `analyze` still reports."""
+    from extras_support import blocking
+    from test_analysis import synthetic_history
+
+    synthetic_history(tmp_path / 'run' / 'history')
+    code = blocking(BLOCKED, """
+        from reweigh.cli.main import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    commands = {'train': ['yamls/tiny-cpu.yaml'], 'prepare': ['--out', str(tmp_path / 'data')],
+                'curate': [str(tmp_path / 'run')], 'sweep': ['yamls/tiny-cpu.yaml']}
+    for command, args in commands.items():
+        out = subprocess.run([sys.executable, '-c', code, command, *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, (command, out.stderr)
+        assert _one_line(out.stderr).startswith(f'reweigh {command}: error: this command needs Composer, Streaming')
+        assert out.stderr.rstrip().endswith("pip install 'reweigh[composer]'"), out.stderr
+    assert not (tmp_path / 'data').exists()
+    out = subprocess.run([sys.executable, '-c', code, 'analyze', str(tmp_path / 'run')], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / 'run' / 'analysis' / 'report.md').is_file()

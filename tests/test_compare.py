@@ -218,6 +218,7 @@ def test_statistics_helpers():
         paired_difference([1.0, 2.0], [1.0])
 
 
+@pytest.mark.composer  # the dataset is prepared with the pipeline
 def test_weight_shares_come_from_the_histories_named_by_the_dataset_without_the_training_stack(tmp_path, small_dataset):
     import json
     import subprocess

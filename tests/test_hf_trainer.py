@@ -17,7 +17,7 @@ import transformers  # noqa: E402
 from hf_trainer_worker import LR, WORKER, tiny_gpt2, token_data, training_args  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from reweigh.algorithms import LossReweighting, compute_sample_weights, per_sample_loss  # noqa: E402
+from reweigh.algorithms import compute_sample_weights, per_sample_loss  # noqa: E402
 from reweigh.analysis import analyze_history, load_history  # noqa: E402
 from reweigh.integrations.transformers import ReweighTrainer  # noqa: E402
 
@@ -52,9 +52,11 @@ def _train(trainer_cls, model, tmp_path, name, **kwargs) -> transformers.Trainer
     return trainer
 
 
+@pytest.mark.composer
 def test_weights_and_update_equal_the_functional_core_and_the_composer_algorithm(tmp_path):
     from composer import Trainer as ComposerTrainer
 
+    from reweigh.algorithms import LossReweighting
     from reweigh.models import ReweighCausalLM
 
     initial = tiny_gpt2()

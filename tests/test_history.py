@@ -2,7 +2,6 @@
 
 import json
 
-import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from reweigh.algorithms import LossReweighting, compute_sample_weights
 from reweigh.callbacks import LossHistory
-from reweigh.history.format import HISTORY_SCHEMA, list_parts, truncate_history
+from reweigh.history.format import HISTORY_SCHEMA, list_parts
 
 
 class IdDataset(TokenDataset):
@@ -103,28 +102,6 @@ def test_checkpoint_flushes_history_to_disk(tmp_path):
     # the checkpoint at batch 2 forced a flush although the flush interval is 1000 batches
     parts = list_parts(tmp_path / 'h' / 'rank0')
     assert parts and parts[0][:2] == (0, 1)
-
-
-def test_truncate_history_rewrites_straddling_parts_and_removes_later_ones(tmp_path):
-    def part(first, last):
-        steps = list(range(first, last + 1))
-        table = pa.table({'step': pa.array(steps, pa.int64())})
-        pq.write_table(table, tmp_path / f'part-{first:09d}-{last:09d}.parquet')
-
-    part(0, 4)
-    part(5, 9)
-    part(10, 12)
-    (tmp_path / '.part-000000013-000000014.parquet.tmp').write_bytes(b'partial')
-    assert truncate_history(tmp_path, 7) == 3 + 3
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ['part-000000000-000000004.parquet', 'part-000000005-000000009.parquet']
-    assert pq.read_table(tmp_path / names[1]).column('step').to_pylist() == [5, 6]
-
-
-def test_truncate_history_warns_about_an_unreadable_part(tmp_path):
-    (tmp_path / 'part-000000000-000000009.parquet').write_bytes(b'PAR1 not really parquet')
-    with pytest.warns(UserWarning, match='unreadable'):
-        assert truncate_history(tmp_path, 5) == 0
 
 
 def test_a_baseline_without_the_algorithm_records_uniform_weights_and_trains_as_plain(tmp_path):

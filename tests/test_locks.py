@@ -97,11 +97,11 @@ def inputs(source: Path) -> list[Requirement]:
 
 def test_every_lock_has_its_source_and_every_environment_its_lock():
     """The locks named by the setup scripts exist and each was made from an .in file that is still there."""
-    assert {p.name for p in LOCKS} >= {'main.txt', 'foundry.txt'}
+    assert {p.name for p in LOCKS} >= {'main.txt', 'foundry.txt', 'today.txt'}
     for lock in LOCKS:
         assert lock.with_suffix('.in').is_file(), f'{lock.name} has no {lock.stem}.in to be compiled from'
         assert 'bash scripts/lock.sh' in lock.read_text().splitlines()[1], f'{lock.name} was not written by scripts/lock.sh'
-    for script in ('setup.sh', 'setup_foundry.sh'):
+    for script in ('setup.sh', 'setup_foundry.sh', 'setup_today.sh'):
         named = re.findall(r'requirements/(\w+)\.txt', (ROOT / 'scripts' / script).read_text())
         assert named and all((REQUIREMENTS / f'{n}.txt').is_file() for n in named), script
 

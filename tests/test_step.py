@@ -5,10 +5,10 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
+from extras_support import blocking
 
 from reweigh.algorithms import compute_sample_weights
 from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRATEGY, DEFAULT_TOKEN_NORMALIZE, DEFAULT_WARMUP_STEPS
@@ -21,16 +21,7 @@ def test_the_core_imports_and_computes_without_composer_streaming_or_transformer
     """A plain PyTorch loop can use the core where none of the trainers' stacks is installed: their imports are
     blocked in a fresh interpreter, and the weights, the loss and its gradient still come out; the Composer
     adapter alone says what is missing."""
-    code = textwrap.dedent(f"""
-        import sys
-        from importlib.abc import MetaPathFinder
-
-        class Block(MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in {FRAMEWORKS!r}:
-                    raise ModuleNotFoundError(f'No module named {{name!r}} (blocked)', name=name)
-
-        sys.meta_path.insert(0, Block())
+    code = blocking(FRAMEWORKS, f"""
         import torch
         import reweigh.algorithms as core
         from reweigh.algorithms.step import WeightMetrics, reweight_microbatch

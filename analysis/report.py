@@ -108,6 +108,9 @@ def write_report(
         f'{analysis.rows:,} rows over {analysis.steps} steps; reweighting active from step '
         f'{analysis.first_active_step if analysis.first_active_step is not None else "never (uniform run)"}.',
     )
+    missing = analysis.missing_text()
+    if missing is not None:
+        lines += ['', f'**Incomplete history:** {missing}. These rows are not in any table below.']
     worst = most_deprioritised_domain(analysis.summary)
     if worst is not None:
         row = summary.filter(pc.equal(summary['domain'], worst)).to_pylist()[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -19,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from reweigh.history.format import HISTORY_SCHEMA, filesystem_for, is_readable, list_parts
+from reweigh.history.format import HISTORY_SCHEMA, Part, filesystem_for, list_parts, part_rows
 
-__all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'analyze_history', 'load_history', 'most_deprioritised_domain']
+__all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'MissingPart', 'analyze_history', 'load_history', 'most_deprioritised_domain']
 
 EXACT_QUANTILE_ROWS = 10_000_000
 """Up to this many history rows the weight quantiles are exact; beyond, they are those of a seeded uniform
@@ -29,33 +30,64 @@ sample of about this many rows (exact quantiles hold every value in memory)."""
 
 
 class _Parts(NamedTuple):
-    files: list[str]
+    files: list[Part]
     filesystem: pafs.FileSystem
+
+
+class MissingPart(NamedTuple):
+    """A history part that could not be read (its Parquet footer is gone: a full disk, a cut-short copy)."""
+    path: str
+    first_step: int
+    last_step: int
+    rows: int | None
+    """About how many rows it held: its steps times the rows per step of the readable parts (``None``: none are)."""
+
+    def describe(self) -> str:
+        """``'PATH (steps 90-99, about 80 rows)'``."""
+        rows = '' if self.rows is None else f', about {self.rows:,} rows'
+        return f'{self.path} (steps {self.first_step}-{self.last_step}{rows})'
 
 
 def _find_parts(path: str | os.PathLike) -> _Parts:
     filesystem, root = filesystem_for(path)
-    files = [p.path for p in list_parts(root, filesystem, recursive=True)]
+    files = list_parts(root, filesystem, recursive=True)
     if not files:
         raise FileNotFoundError(f'no loss-history part files under {str(path)!r}.')
     return _Parts(files, filesystem)
 
 
-def _readable(parts: _Parts) -> _Parts:
-    return parts._replace(files=[f for f in parts.files if is_readable(f, parts.filesystem)])
+def _readable(parts: _Parts) -> tuple[_Parts, tuple[MissingPart, ...]]:
+    """The parts whose footer reads, and those that do not, with an estimate of the rows they held."""
+    rows = {part: part_rows(part.path, parts.filesystem) for part in parts.files}
+    good = [part for part in parts.files if rows[part] is not None]
+    spanned = sum(part.last - part.first + 1 for part in good)
+    per_step = sum(rows[part] for part in good) / spanned if spanned else None
+    missing = tuple(
+        MissingPart(part.path, part.first, part.last,
+                    None if per_step is None else round(per_step * (part.last - part.first + 1)))
+        for part in parts.files if rows[part] is None
+    )
+    return parts._replace(files=good), missing
 
 
 def load_history(path: str | os.PathLike) -> pa.Table:
     """Read every readable part under ``path`` (a local folder or ``s3://``/``gs://`` URI) into one table.
 
     For histories that fit in memory; :func:`analyze_history` takes the path itself and does not load it.
-    Unreadable parts (a full disk, an older writer) are skipped with a warning.
+    Unreadable parts (a full disk, an older writer) are skipped with a warning naming them.
 
     Raises:
         FileNotFoundError: If ``path`` holds no part files.
     """
-    parts = _readable(_find_parts(path))
-    return pads.dataset(parts.files, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem).to_table()
+    parts, missing = _readable(_find_parts(path))
+    if missing:
+        warnings.warn(f'loss history: {_missing_text(missing)}', stacklevel=2)
+    return pads.dataset([p.path for p in parts.files], schema=HISTORY_SCHEMA, format='parquet',
+                        filesystem=parts.filesystem).to_table()
+
+
+def _missing_text(missing: tuple[MissingPart, ...]) -> str:
+    return f'{len(missing)} unreadable part(s) skipped: ' + '; '.join(m.describe() for m in missing)
 
 
 class Analysis(NamedTuple):
@@ -82,6 +114,12 @@ class Analysis(NamedTuple):
     rows: int
     steps: int
     first_active_step: int | None
+    missing: tuple[MissingPart, ...] = ()
+    """The parts that could not be read and were left out (:meth:`MissingPart.describe` names each)."""
+
+    def missing_text(self) -> str | None:
+        """One line naming the unreadable parts left out, their steps and about how many rows; ``None`` if none."""
+        return _missing_text(self.missing) if self.missing else None
 
 
 def analyze_history(
@@ -131,29 +169,33 @@ def analyze_history(
             'memory_limit': memory_limit, 'temp_directory': spill, 'preserve_insertion_order': False,
         })
         try:
-            _load(con, history)
-            return _aggregate(con, windows, quantiles, k, samples_to, map_points)
+            missing = _load(con, history)
+            return _aggregate(con, windows, quantiles, k, samples_to, map_points)._replace(missing=missing)
         finally:
             con.close()
 
 
-def _load(con, history: str | os.PathLike | pa.Table) -> None:
-    """Create the table ``h``: the columns the analysis needs, with ``rel_weight``, in one pass over the parts."""
+def _load(con, history: str | os.PathLike | pa.Table) -> tuple[MissingPart, ...]:
+    """Create the table ``h``: the columns the analysis needs, with ``rel_weight``, in one pass over the parts;
+    return the unreadable parts left out."""
     import duckdb
 
     if isinstance(history, pa.Table):
         con.register('history', history)
-        return _materialize(con)
+        _materialize(con)
+        return ()
     parts = _find_parts(history)
     try:
         _register(con, parts)
         _materialize(con)
-    except (duckdb.Error, pa.ArrowException, OSError):  # an unreadable part: skip it (with a warning), read the rest
-        parts = _readable(parts)
+        return ()
+    except (duckdb.Error, pa.ArrowException, OSError):  # an unreadable part: leave it out, read the rest
+        parts, missing = _readable(parts)
         if not parts.files:
             raise ValueError(f'no readable loss-history part under {str(history)!r}.') from None
         _register(con, parts)
         _materialize(con)
+        return missing
 
 
 def _materialize(con) -> None:
@@ -168,10 +210,11 @@ def _materialize(con) -> None:
 
 
 def _register(con, parts: _Parts) -> None:
+    paths = [part.path for part in parts.files]
     if isinstance(parts.filesystem, pafs.LocalFileSystem):  # DuckDB reads local files natively
-        con.read_parquet(parts.files).create_view('history', replace=True)
+        con.read_parquet(paths).create_view('history', replace=True)
     else:
-        dataset = pads.dataset(parts.files, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem)
+        dataset = pads.dataset(paths, schema=HISTORY_SCHEMA, format='parquet', filesystem=parts.filesystem)
         con.register('history', dataset)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # the store cannot be reached, or refuses the credentials
         raise ValueError(f'cannot read the history at {history}: {e}') from e
     elapsed = time.perf_counter() - start
+    if analysis.missing:
+        print(f'reweigh analyze: warning: the history is incomplete: {analysis.missing_text()}', file=sys.stderr)
     names: list[str] = []
     text_of = None
     dataset = args.dataset or summary.get('dataset')

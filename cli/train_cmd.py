@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('config', help='YAML training config')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='dotted overrides, e.g. max_duration=20ba')
+    p.add_argument('--force', action='store_true',
+                   help="take the run folder's lease even from a launch that looks alive (lease.force=true)")
     p.set_defaults(run=run, extra='composer')  # reweigh.integrations.extras
 
 
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from reweigh.train.config import load_config
     from reweigh.train.trainer import train
 
-    summary = train(load_config(args.config, args.overrides))
+    overrides = [*args.overrides, 'lease.force=true'] if getattr(args, 'force', False) else args.overrides
+    summary = train(load_config(args.config, overrides))
     if dist.get_global_rank() == 0:
         _print_summary(summary)
     return 0

@@ -46,6 +46,7 @@ __all__ = [
     'Part',
     'encode_metadata',
     'is_readable',
+    'part_rows',
     'list_parts',
     'parse_part_name',
     'part_name',
@@ -176,12 +177,19 @@ def read_metadata(folder: str | os.PathLike, filesystem: pafs.FileSystem | None 
 
 def is_readable(path: str, filesystem: pafs.FileSystem | None = None) -> bool:
     """Whether the part at ``path`` has a readable Parquet footer; warns naming the file if not."""
+    rows = part_rows(path, filesystem)
+    if rows is None:
+        warnings.warn(f'loss history: part file {path} is unreadable and is skipped.', stacklevel=2)
+    return rows is not None
+
+
+def part_rows(path: str, filesystem: pafs.FileSystem | None = None) -> int | None:
+    """The rows of the part at ``path`` from its Parquet footer, or ``None`` if the footer cannot be read (a part cut
+    short by a full disk or a copy)."""
     try:
-        pq.ParquetFile(path, filesystem=filesystem).metadata  # noqa: B018 (reads the footer)
-    except (pa.ArrowException, OSError) as e:
-        warnings.warn(f'loss history: part file {path} is unreadable and is skipped ({e}).', stacklevel=2)
-        return False
-    return True
+        return pq.ParquetFile(path, filesystem=filesystem).metadata.num_rows
+    except (pa.ArrowException, OSError):
+        return None
 
 
 def write_part(table: pa.Table, path: str | os.PathLike) -> None:

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reweigh.analysis import HISTORY_SCHEMA, analyze_history, load_history, most_deprioritised_domain, write_report
+from reweigh.cli.main import main
 
 STEPS, WARMUP, PER_DOMAIN = 40, 10, 4
 REL = {0: 0.5, 1: 1.0, 2: 1.5}  # relative weight of each domain after warm-up (sums to 3 = domains)
@@ -96,15 +97,22 @@ def test_per_sample_table_can_go_to_a_file_and_the_data_map_is_a_sample(tmp_path
         assert np.allclose(again.data_map[column].to_numpy(), analysis.data_map[column].to_numpy(), rtol=1e-12)
 
 
-def test_truncated_part_is_skipped_with_a_warning(tmp_path):
-    synthetic_history(tmp_path)
-    victim = sorted((tmp_path / 'rank0').glob('part-*.parquet'))[-1]
-    victim.write_bytes(victim.read_bytes()[:100])  # what a crash mid-write of a non-atomic writer leaves
-    with pytest.warns(UserWarning, match='is unreadable and is skipped'):
-        table = load_history(str(tmp_path))
+def test_truncated_part_is_left_out_and_named_with_its_steps_and_rows(tmp_path, capsys):
+    synthetic_history(tmp_path / 'history')
+    victim = sorted((tmp_path / 'history' / 'rank0').glob('part-*.parquet'))[-1]
+    victim.write_bytes(victim.read_bytes()[:100])  # what a full disk or a cut-short copy leaves
+    with pytest.warns(UserWarning, match=r'1 unreadable part\(s\) skipped: .*part-000000030-000000039.parquet'):
+        table = load_history(str(tmp_path / 'history'))
     assert table.num_rows == 30 * 12
-    with pytest.warns(UserWarning, match='is unreadable and is skipped'):
-        assert analyze_history(str(tmp_path)).rows == 30 * 12
+    analysis = analyze_history(str(tmp_path / 'history'))
+    assert analysis.rows == 30 * 12
+    # it held the 12 rows of each of steps 30-39: the readable parts' rows per step give the estimate
+    assert [(m.first_step, m.last_step, m.rows) for m in analysis.missing] == [(30, 39, 120)]
+    assert main(['analyze', str(tmp_path), '--out', str(tmp_path / 'out')]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('reweigh analyze: warning: the history is incomplete: 1 unreadable part')
+    assert 'steps 30-39, about 120 rows' in err[0] and str(victim) in err[0]
+    assert 'Incomplete history:' in (tmp_path / 'out' / 'report.md').read_text()
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
@@ -144,8 +152,6 @@ def test_report_files_and_contents(tmp_path):
 
 def test_analyze_a_history_in_object_storage(tmp_path, s3_env, capsys):
     import boto3
-
-    from reweigh.cli.main import main
 
     table = synthetic_history(tmp_path / 'history')
     client = boto3.client('s3', endpoint_url=s3_env)

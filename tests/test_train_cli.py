@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def _overrides(data_root, run_dir, **extra):
     return [f'{k}={v}' for k, v in values.items()]
 
 
-def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys, recwarn):
+def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, capsys, recwarn, monkeypatch):
     data_root, prepared = small_dataset
     run_dir = tmp_path / 'run'
     assert main(['train', str(TINY_CPU), *_overrides(data_root, run_dir, progress_bar='null')]) == 0
@@ -74,6 +75,24 @@ def test_train_then_analyze_end_to_end(small_dataset, streaming_shm, tmp_path, c
     assert main(['analyze', str(run_dir)]) == 0
     report = (run_dir / 'analysis' / 'report.md').read_text()
     assert 'Most deprioritised domain:' in report and all(d in report for d in domains)
+
+    # The run folder refers to what lies inside it relative to itself, to the dataset outside it absolutely ...
+    assert {k: summary[k] for k in ('run_dir', 'history', 'save_folder')} == {
+        'run_dir': '.', 'history': 'history', 'save_folder': 'checkpoints'}
+    # ... so a copy analysed from another directory reads its own history and gives the same report
+    copy = tmp_path / 'moved' / 'copy'
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns('analysis'))
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    capsys.readouterr()
+    assert main(['analyze', str(copy)]) == 0
+    assert (copy / 'analysis' / 'report.md').read_text() == report
+    victim = sorted((copy / 'history' / 'rank0').glob('part-*.parquet'))[-1]  # steps 4-5 of 6
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert main(['analyze', str(copy)]) == 0
+    out, err = capsys.readouterr()
+    assert 'reweigh analyze: 32 rows over 4 steps' in out  # the copy's history, not the original's 48 rows
+    assert err.count('\n') == 1 and f'{victim} (steps 4-5, about 16 rows)' in err
 
 
 def test_config_errors_exit_2_and_name_the_key(small_dataset, tmp_path, capsys):
@@ -145,6 +164,29 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dat
     straight_run, run = load_run(straight_dir), load_run(run_dir)
     assert run.eval['loss'].to_pylist() == pytest.approx(straight_run.eval['loss'].to_pylist(), rel=1e-5)
     assert run.train['loss'].to_pylist() == pytest.approx(straight_run.train['loss'].to_pylist(), rel=1e-5)
+
+
+def test_a_second_launch_of_a_running_run_is_refused_and_changes_nothing(small_dataset, tmp_path, capsys):
+    data_root, _ = small_dataset
+    run_dir = tmp_path / 'run'
+    command = _overrides(data_root, run_dir, max_duration='24ba', save_interval='4ba', eval_interval='12ba')
+    first = _train_process(command, {**os.environ, 'PYTHONUNBUFFERED': '1'})
+    deadline = time.monotonic() + 600
+    while not (run_dir / 'checkpoints' / 'ep0-ba4-rank0.pt').exists() and first.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    holder = json.loads((run_dir / 'lease.json').read_text())
+    config = (run_dir / 'config.yaml').stat()
+    assert main(['train', str(TINY_CPU), *command]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'reweigh train: error: run folder {run_dir} is being trained by another '
+                                               f'launch (host {holder["host"]}, pid {first.pid}, since {holder["since"]}')
+    assert (run_dir / 'config.yaml').stat().st_mtime_ns == config.st_mtime_ns
+    assert first.poll() is None, 'the first launch ended before the second was tried: lengthen it'
+    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    _, history = _final_state(run_dir)
+    assert history.groupby('step').size().tolist() == [8] * 24  # every step once, by the one writer
+    assert not (run_dir / 'lease.json').exists()
 
 
 def test_interrupted_checkpoint_save_is_set_aside_and_the_run_resumes(small_dataset, streaming_shm, tmp_path, capsys):

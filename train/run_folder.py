@@ -24,12 +24,20 @@ from reweigh.io.arrow import read_text
 from reweigh.io.local import write_atomically
 from reweigh.io.uri import is_remote, join
 
-__all__ = ['CHECKPOINTS_FOLDER', 'TRAIN_LOG', 'RunFolder']
+__all__ = ['CHECKPOINTS_FOLDER', 'LEASE_FILE', 'SUMMARY_PATHS', 'TRAIN_LOG', 'RunFolder']
 
 CHECKPOINTS_FOLDER = 'checkpoints'
 """Where checkpoints go when the config sets no ``save_folder`` (and Composer's local folder for a remote one)."""
 TRAIN_LOG = 'train.log'
 """The output of a run that ``reweigh sweep`` started."""
+LEASE_FILE = 'lease.json'
+"""Who trains the run now (:mod:`reweigh.train.lease`); present only while a launch holds it."""
+SUMMARY_PATHS = ('run_dir', 'save_folder', 'history', 'dataset', 'dataset_cache')
+"""The keys of ``summary.json`` that hold paths. A path inside the run folder is written relative to it (``'.'`` for
+the folder itself), one outside it as an absolute path or a URI; readers get them back resolved against the folder
+where it is now, so a run folder that was moved, copied or downloaded reads the same from any directory."""
+_RELATIVE = ('paths', 'relative to the run folder')
+"""The mark of a summary written so; one without it (written before) holds paths as ``reweigh train`` was given them."""
 
 
 class RunFolder:
@@ -93,6 +101,11 @@ class RunFolder:
         return self._file(CHECKPOINTS_FOLDER)
 
     @property
+    def lease(self) -> str:
+        """``lease.json``: the launch that trains the run now (:class:`~reweigh.train.lease.RunLease`)."""
+        return self._file(LEASE_FILE)
+
+    @property
     def train_log(self) -> str:
         """``train.log``: the output of a run of ``reweigh sweep``."""
         return self._file(TRAIN_LOG)
@@ -103,20 +116,52 @@ class RunFolder:
         write_atomically(self.config, text)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json`` atomically (in a local folder): the run has finished."""
-        write_atomically(self.summary_file, json.dumps(summary, indent=2))
+        """Write ``summary.json`` atomically (in a local folder): the run has finished. Its :data:`SUMMARY_PATHS` are
+        written relative to the folder where they lie inside it, else absolute (or as the URI they are)."""
+        root = Path(self.root).resolve()
+        written = dict(summary)
+        for key in SUMMARY_PATHS:
+            value = written.get(key)
+            if isinstance(value, str) and not is_remote(value):
+                path = Path(value).resolve()
+                written[key] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        written[_RELATIVE[0]] = _RELATIVE[1]
+        write_atomically(self.summary_file, json.dumps(written, indent=2))
 
     def read_summary(self) -> dict[str, Any]:
-        """The run's ``summary.json``, or ``{}`` if it has none.
+        """The run's ``summary.json``, or ``{}`` if it has none, with its :data:`SUMMARY_PATHS` resolved against this
+        folder (local or remote) wherever it is now.
 
         Raises:
             ValueError: If it cannot be read or is not JSON.
+
+        Example:
+            >>> import os, tempfile
+            >>> from reweigh.train.run_folder import RunFolder
+            >>> runs = tempfile.mkdtemp()
+            >>> RunFolder(f'{runs}/a').write_config('run_name: a\\n')
+            >>> RunFolder(f'{runs}/a').write_summary({'history': f'{runs}/a/history', 'dataset': 's3://b/data'})
+            >>> os.rename(f'{runs}/a', f'{runs}/moved')
+            >>> summary = RunFolder(f'{runs}/moved').read_summary()
+            >>> summary['history'] == os.path.join(runs, 'moved', 'history'), summary['dataset']
+            (True, 's3://b/data')
         """
+        return self._read_summary()[0]
+
+    def _read_summary(self) -> tuple[dict[str, Any], bool]:
+        """The summary, resolved, and whether its paths were written relative to the folder (by this reweigh)."""
         try:
             text = read_text(self.summary_file, missing_ok=True)
-            return json.loads(text) if text is not None else {}
+            summary = json.loads(text) if text is not None else {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f'{self.summary_file} cannot be read: {e}') from e
+        relative = summary.pop(_RELATIVE[0], None) == _RELATIVE[1]
+        if relative:
+            for key in SUMMARY_PATHS:
+                value = summary.get(key)
+                if isinstance(value, str) and not is_remote(value) and not os.path.isabs(value):
+                    summary[key] = self.root if value == '.' else join(self.root, *value.split('/'))
+        return summary, relative
 
     def finished(self, config: str) -> bool:
         """Whether the (local) run ended (``summary.json``) with the very config ``config`` (``config.yaml``'s text)."""
@@ -126,8 +171,10 @@ class RunFolder:
     def locate_history(self) -> tuple[str, dict[str, Any]]:
         """The loss history and the summary (``{}`` if none) of this folder: a run folder, a history folder, or a URI.
 
-        A local run folder's history is the one its ``summary.json`` names, else its ``history/`` if there is
-        one, else the folder itself (a history folder). A URI is taken as a run folder unless it ends in
+        A local run folder's history is the one its ``summary.json`` names (wherever the folder is now), else its
+        ``history/`` if there is one, else the folder itself (a history folder). A ``summary.json`` of an older
+        reweigh, whose paths are relative to where training ran, is not followed where the folder has its own
+        ``history/`` (a copy would otherwise read the original's). A URI is taken as a run folder unless it ends in
         ``/history``; its summary is not read.
 
         Raises:
@@ -142,7 +189,8 @@ class RunFolder:
             return (self.root if self.root.endswith(f'/{HISTORY_FOLDER}') else self.history), {}
         if not Path(self.root).exists():
             raise ValueError(f'{self._given!r} does not exist.')
-        summary = self.read_summary()
-        if summary.get('history'):
+        summary, relative = self._read_summary()
+        own = Path(self.history).is_dir()
+        if summary.get('history') and (relative or not own):
             return summary['history'], summary
-        return self.history if Path(self.history).is_dir() else self.root, summary
+        return self.history if own else self.root, summary

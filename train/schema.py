@@ -33,6 +33,7 @@ __all__ = [
     'AlgorithmsConfig',
     'DatasetConfig',
     'HistoryConfig',
+    'LeaseConfig',
     'LoaderConfig',
     'LossReweightingConfig',
     'ModelConfig',
@@ -154,6 +155,15 @@ class HistoryConfig:
 
 
 @dataclass
+class LeaseConfig:
+    force: bool = not_arm(default=False)
+    """Take the run folder's lease even from a holder that looks alive (``reweigh train --force``)."""
+    stale_after_s: float = not_arm(default=600.0)
+    """A lease whose holder has not renewed it for this long (it renews every 30 s) is taken over; on the same host
+    a lease whose process is gone is taken over at once."""
+
+
+@dataclass
 class TrainConfig:
     run_name: str = not_arm(default=MISSING)
     run_dir: Optional[str] = not_arm(default=None)
@@ -193,6 +203,8 @@ class TrainConfig:
     console_log_interval: str = not_arm(default='10ba')
     fsdp_config: Optional[dict[str, Any]] = None
     dist_timeout: float = not_arm(default=300.0)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    """One launch at a time trains a run folder (:mod:`reweigh.train.lease`)."""
 
 
 def _dataclass_of(annotation: Any) -> type | None:

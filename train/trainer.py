@@ -48,6 +48,7 @@ from reweigh.train.builders import (
     build_scheduler,
 )
 from reweigh.train.config import ConfigError
+from reweigh.train.lease import LeaseHeld, RunLease
 from reweigh.train.run_folder import RunFolder
 
 __all__ = ['BuiltTrainer', 'Placement', 'build_trainer', 'place', 'train']
@@ -333,6 +334,34 @@ def train(cfg: Any) -> dict[str, Any]:
     dist.initialize_dist(_device(cfg), cfg.dist_timeout)
     reproducibility.seed_all(cfg.seed)
     placement = place(cfg)
+    lease = _take_lease(cfg, placement.folder)  # before anything is written: a second launch changes nothing
+    try:
+        return _train(cfg, placement, device_batch)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _take_lease(cfg: Any, folder: RunFolder) -> RunLease | None:
+    """Rank 0 takes the run folder's lease; every rank learns whether it did (once, at the start).
+
+    Raises:
+        LeaseHeld: On every rank, if another launch holds it.
+    """
+    lease, refusal = None, None
+    if dist.get_global_rank() == 0:
+        try:
+            lease = RunLease(folder.root, cfg.lease.stale_after_s, cfg.lease.force).acquire()
+        except LeaseHeld as e:
+            refusal = str(e)
+    outcome = [refusal]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise LeaseHeld(outcome[0])
+    return lease
+
+
+def _train(cfg: Any, placement: Placement, device_batch: int) -> dict[str, Any]:
     run_files = _write_config(cfg, placement)
     built = build_trainer(cfg, placement, device_batch)
     metrics = _fit(cfg, built, placement)

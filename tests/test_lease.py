@@ -1,0 +1,72 @@
+"""One run, one writer (reweigh.train.lease): a held lease refuses a second launch naming its holder; a lease left by
+a dead process or not renewed in time is taken over; force takes it anyway; the holder renews it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reweigh.train.lease import LeaseHeld, RunLease
+
+
+def _leave_lease(folder, **holder):
+    """A lease as a launch that was killed leaves it."""
+    holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': '2026-12-01T00:00:00+00:00',
+              'token': 'old', **holder}
+    (folder / 'lease.json').write_text(json.dumps(holder))
+    return folder / 'lease.json'
+
+
+def test_a_held_lease_refuses_a_second_launch_naming_the_holder(tmp_path):
+    with RunLease(tmp_path) as first:
+        with pytest.raises(LeaseHeld) as refused:
+            RunLease(tmp_path).acquire()
+        message = str(refused.value)
+        assert f'host {socket.gethostname()}, pid {os.getpid()}, since {first.holder["since"]}' in message
+        assert '--force' in message and '\n' not in message
+        assert json.loads((tmp_path / 'lease.json').read_text())['token'] == first.holder['token']
+    assert not (tmp_path / 'lease.json').exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_the_lease_of_a_process_that_is_gone_is_taken_over_at_once(tmp_path):
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
+                          check=True)
+    _leave_lease(tmp_path, pid=int(dead.stdout))
+    with RunLease(tmp_path) as lease:
+        assert json.loads((tmp_path / 'lease.json').read_text())['token'] == lease.holder['token']
+
+
+def test_another_hosts_lease_is_taken_over_only_once_stale_or_forced(tmp_path):
+    path = _leave_lease(tmp_path, host='node-17', pid=1)
+    with pytest.raises(LeaseHeld, match='host node-17, pid 1'):
+        RunLease(tmp_path, stale_after_s=600).acquire()
+    old = time.time() - 601
+    os.utime(path, (old, old))  # not renewed for longer than stale_after_s
+    RunLease(tmp_path, stale_after_s=600).acquire().release()
+    _leave_lease(tmp_path, host='node-17', pid=1)
+    RunLease(tmp_path, force=True).acquire().release()
+
+
+def test_the_holder_renews_its_lease_and_a_forced_takeover_stops_it(tmp_path):
+    lease = RunLease(tmp_path, stale_after_s=5, heartbeat_s=0.1).acquire()
+    old = time.time() - 60
+    os.utime(tmp_path / 'lease.json', (old, old))
+    time.sleep(0.5)
+    assert time.time() - (tmp_path / 'lease.json').stat().st_mtime < 5  # renewed
+    other = RunLease(tmp_path, force=True).acquire()
+    time.sleep(0.3)
+    lease.release()  # the first launch ends: it must not remove the lease it lost
+    assert json.loads((tmp_path / 'lease.json').read_text())['token'] == other.holder['token']
+    other.release()
+
+
+def test_a_staleness_shorter_than_the_renewals_is_an_error():
+    with pytest.raises(ValueError, match='lease.stale_after_s must be more than the 30 s between renewals'):
+        RunLease('.', stale_after_s=10)

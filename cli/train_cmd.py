@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -24,11 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from composer.utils import dist
 
+    from reweigh.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted
     from reweigh.train.config import load_config
     from reweigh.train.trainer import train
 
     overrides = [*args.overrides, 'lease.force=true'] if getattr(args, 'force', False) else args.overrides
-    summary = train(load_config(args.config, overrides))
+    try:
+        summary = train(load_config(args.config, overrides))
+    except Preempted as e:
+        if dist.get_global_rank() == 0:
+            print(f'reweigh train: {e}; run the same command to resume (exit {PREEMPTED_EXIT_CODE})', file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if dist.get_global_rank() == 0:
         _print_summary(summary)
     return 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from s3_emulator import free_port
 
 from reweigh.analysis.runs import METRICS_FILE, load_run, parse_metrics
 from reweigh.cli.main import main
+from reweigh.history.format import list_parts
 
 TINY_CPU = Path(__file__).resolve().parents[1] / 'yamls' / 'tiny-cpu.yaml'
 
@@ -123,28 +125,21 @@ def _final_state(run_dir):
     return model, history.sort_by([('step', 'ascending'), ('sample_id', 'ascending')]).to_pandas()
 
 
-def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, tmp_path):
+RESUME = dict(max_duration='30ba', save_interval='5ba', eval_interval='3ba', console_log_interval='1ba')
+"""The runs that are interrupted and resumed, and the straight run they must equal."""
+
+
+@pytest.fixture(scope='module')
+def straight_run(small_dataset, tmp_path_factory):
     data_root, _ = small_dataset
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    common = dict(max_duration='30ba', save_interval='5ba', eval_interval='3ba')
-
-    straight_dir = tmp_path / 'straight'
-    straight = _train_process(_overrides(data_root, straight_dir, run_name='straight', **common), env)
+    straight_dir = tmp_path_factory.mktemp('straight') / 'straight'
+    straight = _train_process(_overrides(data_root, straight_dir, run_name='straight', **RESUME), dict(os.environ))
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-3000:]
+    return straight_dir
 
-    run_dir = tmp_path / 'killed'
-    command = _overrides(data_root, run_dir, run_name='killed', **common)
-    victim = _train_process(command, env)
-    first_checkpoint = run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt'
-    deadline = time.monotonic() + 600
-    while not first_checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait(timeout=60) == -signal.SIGKILL, 'the run finished before it could be killed'
 
-    resumed = _train_process(command, env)  # the very same command
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
-
+def _assert_equals_straight(run_dir, straight_dir):
+    """The final model, the history and metrics.jsonl of ``run_dir`` are those of the uninterrupted run."""
     straight_model, straight_history = _final_state(straight_dir)
     model, history = _final_state(run_dir)
     assert straight_model.keys() == model.keys()
@@ -164,6 +159,53 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dat
     straight_run, run = load_run(straight_dir), load_run(run_dir)
     assert run.eval['loss'].to_pylist() == pytest.approx(straight_run.eval['loss'].to_pylist(), rel=1e-5)
     assert run.train['loss'].to_pylist() == pytest.approx(straight_run.train['loss'].to_pylist(), rel=1e-5)
+
+
+def _wait_for(path, process):
+    deadline = time.monotonic() + 600
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, straight_run, tmp_path):
+    data_root, _ = small_dataset
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    run_dir = tmp_path / 'killed'
+    command = _overrides(data_root, run_dir, run_name='killed', **RESUME)
+    victim = _train_process(command, env)
+    _wait_for(run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt', victim)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, 'the run finished before it could be killed'
+    assert (run_dir / 'lease.json').exists()  # left by the killed launch: the next takes it over
+
+    resumed = _train_process(command, env)  # the very same command
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    _assert_equals_straight(run_dir, straight_run)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_resumed_run_loses_no_step(
+        small_dataset, straight_run, tmp_path):
+    data_root, _ = small_dataset
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    run_dir = tmp_path / 'preempted'
+    command = _overrides(data_root, run_dir, run_name='preempted', **RESUME)
+    first = _train_process(command, env)
+    _wait_for(run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt', first)
+    time.sleep(1.0)  # into the next save interval, so that the steps since the last checkpoint are at stake
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 75, 'the run finished before it was preempted'
+    first_log = first.stderr.read().decode()
+    stopped = int(re.search(r'reweigh train: stopped by SIGTERM after step (\d+), with a checkpoint there; run the same '
+                            r'command to resume \(exit 75\)', first_log)[1])
+    assert 5 < stopped < 30 and (run_dir / 'checkpoints' / f'ep0-ba{stopped}-rank0.pt').exists()
+    assert not (run_dir / 'lease.json').exists()
+
+    resumed = _train_process(command, env)
+    assert resumed.wait(timeout=600) == 0
+    # each step trained once over the two launches: the first up to the signal's step, the second after it
+    steps = [[int(b) for b in re.findall(r'\[batch=(\d+)/30\]', log)] for log in (first_log, resumed.stderr.read().decode())]
+    assert steps == [list(range(1, stopped + 1)), list(range(stopped + 1, 31))]
+    _assert_equals_straight(run_dir, straight_run)
 
 
 def test_a_second_launch_of_a_running_run_is_refused_and_changes_nothing(small_dataset, tmp_path, capsys):
@@ -254,6 +296,65 @@ def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, t
     assert double.groupby('step').weight.sum().to_numpy() == pytest.approx([1.0] * 6, abs=1e-6)
 
 
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the training process of ``rank`` among the launcher's children (from /proc), if it started."""
+    children = Path(f'/proc/{launcher_pid}/task/{launcher_pid}/children').read_text().split()
+    for pid in map(int, children):
+        try:
+            if f'RANK={rank}'.encode() in Path(f'/proc/{pid}/environ').read_bytes().split(b'\0'):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_sigterm_to_one_of_two_ranks_stops_both_at_the_same_step_and_they_resume(small_dataset, tmp_path):
+    """The ranks agree to stop at the next multiple of preemption.check_every after the signal (one all-reduce every
+    that many steps), save there, exit 75, and the relaunch trains each remaining step once."""
+    data_root, _ = small_dataset
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    run_dir = tmp_path / 'run'
+    command = _overrides(data_root, run_dir, max_duration='40ba', save_interval='40ba', eval_interval='40ba',
+                         console_log_interval='1ba', **{'preemption.check_every': '4'})
+
+    def launch(attempt):  # the launcher's output holds rank 0's console log
+        launcher = Path(sys.executable).parent / 'composer'
+        with open(tmp_path / f'{attempt}.log', 'w') as out:
+            return subprocess.Popen(
+                [str(launcher), '-n', '2', '--master_port', str(free_port()), '-m', 'reweigh.cli.train', str(TINY_CPU),
+                 *command], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def log(attempt):
+        return (tmp_path / f'{attempt}.log').read_text()
+
+    def steps(attempt):  # the steps rank 0 logged
+        return [int(b) for b in re.findall(r'\[batch=(\d+)/40\]', log(attempt))]
+
+    first = launch('first')
+    try:
+        deadline = time.monotonic() + 600
+        while max((p.last for p in list_parts(run_dir / 'history' / 'rank1')), default=-1) < 4:  # 6 steps done
+            assert first.poll() is None and time.monotonic() < deadline, log('first')[-3000:]
+            time.sleep(0.05)
+        os.kill(_rank_pid(first.pid, 1), signal.SIGTERM)  # rank 1 only: rank 0 learns it from the all-reduce
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    stopped = max(steps('first'))
+    assert stopped % 4 == 0 and stopped < 40, log('first')[-3000:]
+    assert f'stopped by SIGTERM after step {stopped}' in log('first')
+    assert (run_dir / 'checkpoints' / f'ep0-ba{stopped}-rank0.pt').exists()
+    assert set(_history(run_dir).groupby('rank').step.max()) == {stopped - 1}  # both ranks stopped there
+
+    second = launch('second')
+    assert second.wait(timeout=600) == 0, log('second')[-3000:]
+    assert steps('first') + steps('second') == list(range(1, 41))  # every step trained once
+    history = _history(run_dir)
+    assert history.groupby(['step', 'rank']).size().tolist() == [4] * 80
 
 
 def test_remote_save_folder_gets_checkpoints_and_history_parts(small_dataset, streaming_shm, s3_env, tmp_path, capsys):

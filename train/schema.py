@@ -38,6 +38,7 @@ __all__ = [
     'LossReweightingConfig',
     'ModelConfig',
     'OptimizerConfig',
+    'PreemptionConfig',
     'RScheduleConfig',
     'SchedulerConfig',
     'TokenizerConfig',
@@ -164,6 +165,13 @@ class LeaseConfig:
 
 
 @dataclass
+class PreemptionConfig:
+    check_every: int = not_arm(default=10)
+    """On several ranks, the steps between the ranks' agreement on a SIGTERM/SIGUSR1 (one all-reduce); one rank
+    stops after the step the signal arrived in (:class:`reweigh.callbacks.Preemption`)."""
+
+
+@dataclass
 class TrainConfig:
     run_name: str = not_arm(default=MISSING)
     run_dir: Optional[str] = not_arm(default=None)
@@ -204,6 +212,7 @@ class TrainConfig:
     fsdp_config: Optional[dict[str, Any]] = None
     dist_timeout: float = not_arm(default=300.0)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
     """One launch at a time trains a run folder (:mod:`reweigh.train.lease`)."""
 
 

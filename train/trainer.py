@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from composer import Trainer
 from composer.core import Callback, Evaluator
-from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
+from composer.utils import create_interval_scheduler, dist, format_name_with_dist, parse_uri, reproducibility
 from omegaconf import OmegaConf
 
-from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, RestoreRngOnResume
+from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, Preemption, RestoreRngOnResume
 from reweigh.callbacks.mirror import restore_latest_from_remote
 from reweigh.io.uploads import DurableUploader
 from reweigh.io.uri import is_remote
@@ -243,7 +243,8 @@ def build_trainer(cfg: Any, placement: Placement, device_batch: int) -> BuiltTra
     train_loader = data.build_train_loader(cfg, dataset, device_batch)
     evaluators = _evaluators(cfg, dataset, device_batch)
     algorithms = build_algorithms(cfg)
-    callbacks = [*build_callbacks(cfg), RestoreRngOnResume()]
+    preemption = Preemption(cfg.preemption.check_every)
+    callbacks = [*build_callbacks(cfg), RestoreRngOnResume(), preemption]
     history = _loss_history(cfg, placement)
     metrics_log = MetricsLog(placement.folder.metrics, upload_to=placement.remote.root if placement.remote else None,
                              outage_limit_s=cfg.object_store_outage_s, save_interval=cfg.save_interval)
@@ -272,7 +273,7 @@ def build_trainer(cfg: Any, placement: Placement, device_batch: int) -> BuiltTra
             device=_device(cfg),
             device_train_microbatch_size=micro if micro is not None else device_batch,
             save_folder=placement.local_checkpoints,
-            save_interval=cfg.save_interval,
+            save_interval=preemption.save_interval(create_interval_scheduler(cfg.save_interval)),
             save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
             save_overwrite=not cfg.autoresume,
             autoresume=cfg.autoresume,

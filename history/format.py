@@ -177,10 +177,15 @@ def read_metadata(folder: str | os.PathLike, filesystem: pafs.FileSystem | None 
 
 def is_readable(path: str, filesystem: pafs.FileSystem | None = None) -> bool:
     """Whether the part at ``path`` has a readable Parquet footer; warns naming the file if not."""
+    return _rows_or_warn(path, filesystem) is not None
+
+
+def _rows_or_warn(path: str, filesystem: pafs.FileSystem | None = None) -> int | None:
+    """:func:`part_rows`, warning naming the file where its footer cannot be read (one footer read)."""
     rows = part_rows(path, filesystem)
     if rows is None:
-        warnings.warn(f'loss history: part file {path} is unreadable and is skipped.', stacklevel=2)
-    return rows is not None
+        warnings.warn(f'loss history: part file {path} is unreadable and is skipped.', stacklevel=3)
+    return rows
 
 
 def part_rows(path: str, filesystem: pafs.FileSystem | None = None) -> int | None:
@@ -222,7 +227,7 @@ def truncate_history(folder: str | os.PathLike, step: int) -> int:
         if last < step:
             continue
         if first >= step:
-            dropped += pq.ParquetFile(path).metadata.num_rows if is_readable(path) else 0
+            dropped += _rows_or_warn(path) or 0
             os.unlink(path)
             continue
         if not is_readable(path):

@@ -24,10 +24,11 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from reweigh.io.objects import writing
 from reweigh.io.uploads import DEFAULT_OUTAGE_LIMIT_S, DurableUploader, RemoteStoreError, object_key, object_store
 from reweigh.safety.checkpoints import CHECKPOINT_NAME, latest_name
 
-__all__ = ['MirrorCheckpoints', 'restore_latest_from_remote']
+__all__ = ['MirrorCheckpoints', 'publish_latest', 'restore_latest_from_remote']
 
 
 class MirrorCheckpoints(Callback):
@@ -110,29 +111,71 @@ def _remote_pointer(store: Any, prefix: str, rank: int) -> str | None:
     return name
 
 
-def restore_latest_from_remote(local_folder: str | os.PathLike, remote_folder: str, rank: int) -> str | None:
+def restore_latest_from_remote(local_folder: str | os.PathLike, remote_folder: str, rank: int,
+                               replace: bool = False) -> str | None:
     """Download the checkpoint ``remote_folder``'s ``latest`` pointer names, unless ``local_folder`` has one.
 
+    Args:
+        local_folder: Composer's (local) ``save_folder``.
+        remote_folder: The remote ``save_folder``.
+        rank: Whose ``latest-rank{rank}.pt`` pointer to follow.
+        replace: Make the local pointer name what the bucket's does even when there is one (downloading the
+            checkpoint unless it is here), and remove it when the bucket has none: what the nodes other than rank 0's
+            do, so that every node resumes from the checkpoint rank 0 does.
+
     Returns:
-        str | None: The checkpoint's file name, or None when there is nothing to restore.
+        str | None: The checkpoint's file name, or None when there is nothing to restore (or nothing to change).
 
     Raises:
         ValueError: If the pointer names something other than a checkpoint of that folder, or the store
             cannot be read.
     """
     local_folder = Path(local_folder)
-    if (local_folder / latest_name(rank)).is_symlink():
+    pointer = local_folder / latest_name(rank)
+    if pointer.is_symlink() and not replace:
         return None
     store, prefix = object_store(remote_folder)
     name = _remote_pointer(store, prefix, rank)
+    here = os.readlink(pointer) if pointer.is_symlink() else None
+    if name == here:
+        return None
     if name is None:
+        pointer.unlink()
         return None
     local_folder.mkdir(parents=True, exist_ok=True)
-    partial = local_folder / f'.{name}.download'
-    try:
-        store.download_object(object_key(prefix, name), str(partial), overwrite=True)
-    except Exception as e:  # botocore/google/oci raise their own error types
-        raise ValueError(f'cannot download {remote_folder}/{name}: {type(e).__name__}: {e}') from e
-    partial.rename(local_folder / name)
-    (local_folder / latest_name(rank)).symlink_to(name)
+    if not (local_folder / name).exists():
+        partial = local_folder / f'.{name}.download'
+        try:
+            store.download_object(object_key(prefix, name), str(partial), overwrite=True)
+        except Exception as e:  # botocore/google/oci raise their own error types
+            raise ValueError(f'cannot download {remote_folder}/{name}: {type(e).__name__}: {e}') from e
+        partial.rename(local_folder / name)
+    pointer.unlink(missing_ok=True)
+    pointer.symlink_to(name)
+    return name
+
+
+def publish_latest(local_folder: str | os.PathLike, remote_folder: str, rank: int = 0) -> str | None:
+    """Make the bucket's ``latest`` pointer name the local latest checkpoint, uploading that first if the bucket's
+    pointer names another (an attempt stopped before its mirror had uploaded it).
+
+    What rank 0 does at the start of a run on several nodes before the others restore from the bucket
+    (:func:`restore_latest_from_remote` with ``replace``), so every node resumes from the checkpoint rank 0 does.
+
+    Returns:
+        str | None: The checkpoint's file name, or None when there is no local checkpoint.
+
+    Raises:
+        ValueError: If the store cannot be read or written (the message names it).
+    """
+    pointer = Path(local_folder) / latest_name(rank)
+    if not pointer.is_symlink():
+        return None
+    name = os.readlink(pointer)
+    store, prefix = object_store(remote_folder)
+    if _remote_pointer(store, prefix, rank) != name:
+        with tempfile.TemporaryDirectory() as tmp, writing(remote_folder):
+            store.upload_object(object_key(prefix, name), str(Path(local_folder) / name))
+            Path(tmp, 'pointer').write_text(object_key(prefix, name))
+            store.upload_object(object_key(prefix, f'{latest_name(rank)}.symlink'), str(Path(tmp, 'pointer')))
     return name

@@ -1,8 +1,10 @@
 """``python -m reweigh.cli.train CONFIG [KEY=VALUE ...]``: ``reweigh train`` as a module, one process per rank.
 
-That is how Composer's launcher starts it::
+That is how Composer's launcher starts it, and ``torchrun`` too (on several nodes it names the node ``GROUP_RANK``,
+which becomes Composer's ``NODE_RANK`` here)::
 
     composer -n 2 -m reweigh.cli.train yamls/tiny-cpu.yaml max_duration=20ba
+    torchrun --nnodes 2 --nproc-per-node 8 --node-rank K --master-addr HOST -m reweigh.cli.train CONFIG
 
 The run itself is :func:`reweigh.train.train`.
 """
@@ -10,6 +12,7 @@ The run itself is :func:`reweigh.train.train`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('config')
     parser.add_argument('overrides', nargs='*')
     args = parser.parse_args(argv)
+    if 'GROUP_RANK' in os.environ:  # torchrun's name for the node's rank; Composer reads NODE_RANK
+        os.environ.setdefault('NODE_RANK', os.environ['GROUP_RANK'])
     try:
         return train_cmd.run(args)
     except ValueError as e:  # ConfigError, UnsafeCheckpointError, unreadable data: user errors, as in `reweigh`

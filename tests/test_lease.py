@@ -70,3 +70,50 @@ def test_the_holder_renews_its_lease_and_a_forced_takeover_stops_it(tmp_path):
 def test_a_staleness_shorter_than_the_renewals_is_an_error():
     with pytest.raises(ValueError, match='lease.stale_after_s must be more than the 30 s between renewals'):
         RunLease('.', stale_after_s=10)
+
+
+def _s3_lease_holder(client, key):
+    return json.loads(client.get_object(Bucket='reweigh', Key=key)['Body'].read())
+
+
+def test_a_bucket_run_folder_lease_refuses_a_second_launch_and_is_taken_over_once_stale(s3_env):
+    """The remote run folder's lease (s3://): created only if absent, renewed and removed only if unchanged."""
+    import boto3
+
+    client = boto3.client('s3', endpoint_url=s3_env)
+    folder, key = 's3://reweigh/runs/leased', 'runs/leased/lease.json'
+    with RunLease(folder, stale_after_s=5, heartbeat_s=0.2) as first:
+        with pytest.raises(LeaseHeld, match=f'run folder {folder} is being trained by another launch .host '):
+            RunLease(folder).acquire()
+        stamp = client.head_object(Bucket='reweigh', Key=key)['LastModified']
+        time.sleep(1.5)
+        assert client.head_object(Bucket='reweigh', Key=key)['LastModified'] > stamp  # renewed
+        assert _s3_lease_holder(client, key)['token'] == first.holder['token']
+    assert 'Contents' not in client.list_objects_v2(Bucket='reweigh', Prefix='runs/leased/')  # released
+
+    client.put_object(Bucket='reweigh', Key=key, Body=json.dumps({'host': 'node-17', 'pid': 1, 'since': 'x'}).encode())
+    with pytest.raises(LeaseHeld, match='host node-17, pid 1'):
+        RunLease(folder, stale_after_s=2, heartbeat_s=0.5).acquire()
+    time.sleep(2.5)  # not renewed for longer than stale_after_s, by the store's clock
+    with RunLease(folder, stale_after_s=2, heartbeat_s=0.5) as taken:
+        assert _s3_lease_holder(client, key)['token'] == taken.holder['token']
+        forced = RunLease(folder, force=True).acquire()
+        time.sleep(1.0)  # the first holder's renewal finds the lease changed and stops
+    assert _s3_lease_holder(client, key)['token'] == forced.holder['token']  # the first did not remove it
+    forced.release()
+
+
+def test_a_bucket_lease_of_a_process_that_is_gone_on_this_host_is_taken_over_at_once(s3_env):
+    import boto3
+
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
+                          check=True)
+    client = boto3.client('s3', endpoint_url=s3_env)
+    holder = {'host': socket.gethostname(), 'pid': int(dead.stdout), 'since': 'x', 'token': 'old'}
+    client.put_object(Bucket='reweigh', Key='runs/gone/lease.json', Body=json.dumps(holder).encode())
+    RunLease('s3://reweigh/runs/gone').acquire().release()
+
+
+def test_a_run_folder_in_a_store_without_conditional_writes_is_an_error():
+    with pytest.raises(ValueError, match=r'leases are taken in s3:// run folders and local ones, not gs://'):
+        RunLease('gs://bucket/runs/x')

@@ -176,3 +176,34 @@ def test_resume_from_the_bucket_drops_history_uploaded_past_the_checkpoint(small
         raw = parse_metrics(text)
         assert [r['step'] for r in raw if r['kind'] == 'train'] == list(range(1, 9))
         assert sorted(r['step'] for r in raw if r['kind'] == 'eval') == [8, 8, 8]  # one line per domain
+
+
+def test_every_node_resumes_from_rank_0s_checkpoint_even_one_the_bucket_lacked(s3_env, tmp_path):
+    """On several nodes rank 0 first puts its latest checkpoint in the bucket (an attempt stopped before the mirror
+    uploaded it), then each other node replaces what its own folder names with that one."""
+    from reweigh.callbacks.mirror import publish_latest, restore_latest_from_remote
+
+    client = boto3.client('s3', endpoint_url=s3_env)
+    remote, prefix = 's3://reweigh/runs/nodes/checkpoints', 'runs/nodes/checkpoints'
+    node0, node1 = tmp_path / 'node0', tmp_path / 'node1'
+    for folder in (node0, node1):
+        folder.mkdir()
+        (folder / 'ep0-ba4-rank0.pt').write_bytes(b'step 4')
+        (folder / 'latest-rank0.pt').symlink_to('ep0-ba4-rank0.pt')
+    client.put_object(Bucket='reweigh', Key=f'{prefix}/ep0-ba4-rank0.pt', Body=b'step 4')
+    client.put_object(Bucket='reweigh', Key=f'{prefix}/latest-rank0.pt.symlink', Body=f'{prefix}/ep0-ba4-rank0.pt'.encode())
+    (node0 / 'ep0-ba8-rank0.pt').write_bytes(b'step 8')  # saved by rank 0; its upload had not happened
+    (node0 / 'latest-rank0.pt').unlink()
+    (node0 / 'latest-rank0.pt').symlink_to('ep0-ba8-rank0.pt')
+
+    assert publish_latest(node0, remote) == 'ep0-ba8-rank0.pt'
+    assert client.get_object(Bucket='reweigh', Key=f'{prefix}/ep0-ba8-rank0.pt')['Body'].read() == b'step 8'
+    assert restore_latest_from_remote(node1, remote, rank=0) is None  # a single node keeps its own
+    assert restore_latest_from_remote(node1, remote, rank=0, replace=True) == 'ep0-ba8-rank0.pt'
+    assert os.readlink(node1 / 'latest-rank0.pt') == 'ep0-ba8-rank0.pt'
+    assert (node1 / 'ep0-ba8-rank0.pt').read_bytes() == b'step 8'
+    assert restore_latest_from_remote(node1, remote, rank=0, replace=True) is None  # already the same
+
+    client.delete_object(Bucket='reweigh', Key=f'{prefix}/latest-rank0.pt.symlink')  # rank 0 starts afresh
+    assert restore_latest_from_remote(node1, remote, rank=0, replace=True) is None
+    assert not (node1 / 'latest-rank0.pt').is_symlink()

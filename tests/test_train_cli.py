@@ -231,6 +231,24 @@ def test_a_second_launch_of_a_running_run_is_refused_and_changes_nothing(small_d
     assert not (run_dir / 'lease.json').exists()
 
 
+def test_a_launch_on_another_machine_is_refused_by_the_bucket_run_folders_lease(small_dataset, s3_env, tmp_path,
+                                                                                capsys):
+    """Two machines, each with its own local run folder, one remote save_folder: the second is refused by the lease in
+    the bucket before it writes anything, here or there."""
+    from reweigh.train.lease import RunLease
+
+    data_root, _ = small_dataset
+    run_dir = tmp_path / 'run'
+    command = _overrides(data_root, run_dir, run_name='elsewhere', save_folder='s3://reweigh/runs/{run_name}/checkpoints')
+    with RunLease('s3://reweigh/runs/elsewhere') as other_machine:
+        assert main(['train', str(TINY_CPU), *command]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        'reweigh train: error: run folder s3://reweigh/runs/elsewhere is being trained by another launch '
+        f'(host {other_machine.holder["host"]}, pid {os.getpid()}, since {other_machine.holder["since"]}')
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # its local lease was given back; nothing written
+
+
 def test_interrupted_checkpoint_save_is_set_aside_and_the_run_resumes(small_dataset, streaming_shm, tmp_path, capsys):
     """Killed while writing a checkpoint: the file exists (truncated) but `latest` still names the one before."""
     data_root, _ = small_dataset

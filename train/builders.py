@@ -129,13 +129,18 @@ def build_callbacks(cfg: Any) -> list[Callback]:
     return out
 
 
-def build_loggers(cfg: Any) -> list[LoggerDestination]:
-    """Composer logger destinations named under ``loggers:``; optional ones fail clearly if not installed."""
+def build_loggers(cfg: Any, run_dir: str) -> list[LoggerDestination]:
+    """Composer logger destinations named under ``loggers:``; optional ones fail clearly if not installed.
+
+    ``{run_dir}`` in the file logger's ``filename`` is the run folder ``run_dir`` (so the log moves with the run).
+    """
     out: list[LoggerDestination] = []
     for name, kwargs in cfg.loggers.items():
         kwargs = _plain(kwargs)
         try:
             if name == 'file':
+                if isinstance(kwargs.get('filename'), str):
+                    kwargs['filename'] = kwargs['filename'].replace('{run_dir}', str(run_dir))
                 out.append(FileLogger(**kwargs))
             elif name == 'in_memory':
                 out.append(InMemoryLogger(**kwargs))

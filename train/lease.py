@@ -1,12 +1,14 @@
-"""One run, one writer: a lease on a local run folder while a launch trains it.
+"""One run, one writer: a lease on a run folder while a launch trains it, in the local folder and in the bucket.
 
 ``reweigh train`` takes the run folder's lease (``RUN/lease.json``: host, pid, since when) before it writes
-anything, renews it every :data:`HEARTBEAT_S` seconds from a background thread, and gives it back when it ends. A
-second launch of the same run finds it held and stops with one line naming the holder (exit 2), leaving the running
-run's files alone. A lease left behind by a launch that was killed is taken over: at once on the same host when its
-process is gone, on any host once it has not been renewed for ``stale_after_s`` seconds (default 600); ``force``
-(``reweigh train --force``, or the config key ``lease.force``) takes it from a holder that looks alive. The ranks
-of one launch share its lease: rank 0 holds it.
+anything, renews it every :data:`HEARTBEAT_S` seconds from a background thread, and gives it back when it ends. With
+``save_folder`` in an ``s3://`` bucket it also takes the remote run folder's lease (``s3://.../RUN/lease.json``,
+created and renewed with S3's conditional writes, so two machines with their own local folders cannot both train
+the run). A second launch of the same run finds it held and stops with one line naming the holder (exit 2), leaving
+the running run's files alone. A lease left behind by a launch that was killed is taken over: at once on the same
+host when its process is gone, on any host once it has not been renewed for ``stale_after_s`` seconds (default 600;
+a bucket's lease ages by the store's own clock); ``force`` (``reweigh train --force``, or the config key
+``lease.force``) takes it from a holder that looks alive. The ranks of one launch share its leases: rank 0 holds them.
 
 Example:
     >>> import tempfile
@@ -27,35 +29,165 @@ import datetime
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
+from reweigh.io.uri import scheme_of
 from reweigh.train.run_folder import RunFolder
 
-__all__ = ['HEARTBEAT_S', 'LeaseHeld', 'RunLease']
+__all__ = ['HEARTBEAT_S', 'LEASE_SCHEMES', 'LeaseHeld', 'RunLease']
 
 HEARTBEAT_S = 30.0
-"""How often the holder renews its lease (the file's modification time)."""
+"""How often the holder renews its lease."""
+
+LEASE_SCHEMES = ('s3',)
+"""Object stores whose run folders take a lease (those with conditional writes that reweigh uses); a run whose
+``save_folder`` is elsewhere (``gs://``, ``oci://``) holds the local lease only."""
 
 
 class LeaseHeld(ValueError):
     """The run folder is being trained by another launch (a user error: exit 2, naming the holder)."""
 
 
+class _Lease(NamedTuple):
+    holder: dict[str, Any] | None
+    """What the lease says (None if unreadable)."""
+    age_s: float
+    """Seconds since it was last written or renewed."""
+    version: str
+    """What a conditional renewal or removal compares against."""
+
+
+class _Slot(Protocol):
+    """Where a lease lives: one object that is created only if absent and changed only if unchanged."""
+
+    def create(self, body: str) -> str | None: ...  # the version, or None if a lease is there
+    def read(self) -> _Lease | None: ...  # None if there is none
+    def renew(self, version: str) -> str | None: ...  # the new version, or None if it is no longer ours
+    def remove(self, version: str) -> None: ...  # only if it is still that version
+
+
+class _FileSlot:
+    """``lease.json`` in a local folder: created with a hard link (one launch wins), renewed by its mtime."""
+
+    def __init__(self, path: Path, token: str) -> None:
+        self.path, self.token = path, token
+
+    def create(self, body: str) -> str | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.path.with_name(f'.{self.path.name}.{self.token}')
+        staged.write_text(body)
+        try:
+            os.link(staged, self.path)  # creates the lease only if there is none
+        except FileExistsError:
+            return None
+        finally:
+            staged.unlink()
+        return self.token
+
+    def read(self) -> _Lease | None:
+        holder = _parse(self.path)
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return _Lease(holder, age, _token(holder) or '')
+
+    def renew(self, version: str) -> str | None:
+        if _token(_parse(self.path)) != version:
+            return None
+        try:
+            os.utime(self.path)
+        except OSError:
+            return None
+        return version
+
+    def remove(self, version: str) -> None:
+        # Moved aside under a name of ours first: should another launch have replaced it meanwhile, what was moved
+        # is that launch's fresh lease, and it is put back.
+        aside = self.path.with_name(f'.{self.path.name}.stale.{self.token}')
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if (_token(_parse(aside)) or '') != version:
+                os.link(aside, self.path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+
+
+class _S3Slot:
+    """``lease.json`` in an S3 bucket: ``If-None-Match: *`` creates it, ``If-Match: ETag`` renews and removes it."""
+
+    def __init__(self, uri: str) -> None:
+        import boto3
+
+        bucket, _, key = uri.removeprefix('s3://').partition('/')
+        self.uri, self.bucket, self.key = uri, bucket, key
+        self.client = boto3.client('s3', endpoint_url=os.environ.get('S3_ENDPOINT_URL') or None)
+
+    def _put(self, body: str, **condition: str) -> str | None:
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body.encode(), **condition)['ETag']
+        except Exception as e:  # botocore raises its own error types
+            if _status(e) in (404, 409, 412):  # changed (or gone) since: not ours to write
+                return None
+            raise ValueError(f'cannot write the lease {self.uri}: {type(e).__name__}: {e}') from e
+
+    def create(self, body: str) -> str | None:
+        self.body = body
+        return self._put(body, IfNoneMatch='*')
+
+    def read(self) -> _Lease | None:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as e:  # botocore raises its own error types
+            if _status(e) == 404:
+                return None
+            raise ValueError(f'cannot read the lease {self.uri}: {type(e).__name__}: {e}') from e
+        try:
+            holder = json.loads(got['Body'].read())
+        except ValueError:
+            holder = None
+        now = got['ResponseMetadata']['HTTPHeaders'].get('date')  # the store's clock, as LastModified is
+        now_s = _http_date(now) if now else time.time()
+        return _Lease(holder if isinstance(holder, dict) else None, now_s - got['LastModified'].timestamp(),
+                      got['ETag'])
+
+    def renew(self, version: str) -> str | None:
+        try:
+            return self._put(self.body, IfMatch=version)
+        except ValueError:  # the store is unreachable now: keep the lease and try again at the next renewal
+            return version
+
+    def remove(self, version: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=version)
+        except Exception as e:  # botocore raises its own error types
+            if _status(e) not in (404, 412):
+                raise ValueError(f'cannot remove the lease {self.uri}: {type(e).__name__}: {e}') from e
+
+
 class RunLease:
-    """The lease on a local run folder: acquire it before training, release it after (or use ``with``).
+    """The lease on a run folder (local, or an ``s3://`` one): acquire it before training, release it after (or use
+    ``with``).
 
     Args:
-        folder (str | os.PathLike): The local run folder (created if absent).
+        folder (str | os.PathLike): The run folder (a local one is created if absent).
         stale_after_s (float): A lease not renewed for this long is taken over. Default: ``600``.
         force (bool): Take the lease even from a holder that looks alive. Default: ``False``.
         heartbeat_s (float): How often to renew it. Default: :data:`HEARTBEAT_S`.
 
     Raises:
-        ValueError: For ``stale_after_s`` not above ``heartbeat_s``.
+        ValueError: For ``stale_after_s`` not above ``heartbeat_s``, or a remote folder outside
+            :data:`LEASE_SCHEMES`.
     """
 
     def __init__(self, folder: str | os.PathLike, stale_after_s: float = 600.0, force: bool = False,
@@ -64,12 +196,20 @@ class RunLease:
             raise ValueError(f'lease.stale_after_s must be more than the {heartbeat_s:g} s between renewals, '
                              f'got {stale_after_s:g}.')
         self.folder = RunFolder(folder)
-        self.path = Path(self.folder.lease)
         self.stale_after_s, self.force, self.heartbeat_s = stale_after_s, force, heartbeat_s
         self.holder = {'host': socket.gethostname(), 'pid': os.getpid(),
                        'since': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
                        'token': uuid.uuid4().hex}
         """What this launch writes into the lease."""
+        scheme = scheme_of(folder)
+        if scheme is None:
+            self._slot: _Slot = _FileSlot(Path(self.folder.lease), self.holder['token'])
+        elif scheme in LEASE_SCHEMES:
+            self._slot = _S3Slot(self.folder.lease)
+        else:
+            raise ValueError(f'{folder}: leases are taken in {", ".join(s + "://" for s in LEASE_SCHEMES)} run '
+                             f'folders and local ones, not {scheme}://')
+        self._version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,19 +224,21 @@ class RunLease:
 
         Raises:
             LeaseHeld: If another launch holds it.
+            ValueError: If a bucket's lease cannot be read or written (the message names it).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staged = self.path.with_name(f'.{self.path.name}.{self.holder["token"]}')
-        staged.write_text(json.dumps(self.holder))
-        try:
-            while True:
-                try:
-                    os.link(staged, self.path)  # creates the lease only if there is none: one launch wins
-                    break
-                except FileExistsError:
-                    self._take_over_or_refuse()
-        finally:
-            staged.unlink()
+        body = json.dumps(self.holder)
+        while (version := self._slot.create(body)) is None:
+            found = self._slot.read()
+            if found is None:  # released meanwhile: try again
+                continue
+            holder = found.holder
+            if holder is not None and not self.force and found.age_s < self.stale_after_s and not self._gone(holder):
+                raise LeaseHeld(
+                    f'run folder {self.folder.root} is being trained by another launch (host {holder.get("host")}, '
+                    f'pid {holder.get("pid")}, since {holder.get("since")}; renewed {found.age_s:.0f} s ago); wait '
+                    f'for it to end, or pass --force (lease.force=true) if it is gone')
+            self._slot.remove(found.version)  # stale, gone, unreadable or forced; unless replaced meanwhile
+        self._version = version
         self._thread = threading.Thread(target=self._renew, name='reweigh-lease', daemon=True)
         self._thread.start()
         return self
@@ -107,34 +249,13 @@ class RunLease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if _token(self._read()) == self.holder['token']:
-            self.path.unlink(missing_ok=True)
-
-    def _take_over_or_refuse(self) -> None:
-        holder = self._read()
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:  # released meanwhile: try again
-            return
-        if holder is not None and not self.force and age < self.stale_after_s and not self._gone(holder):
-            raise LeaseHeld(
-                f'run folder {self.folder.root} is being trained by another launch (host {holder.get("host")}, '
-                f'pid {holder.get("pid")}, since {holder.get("since")}; renewed {age:.0f} s ago); wait for it to '
-                f'end, or pass --force (lease.force=true) if it is gone')
-        # stale, gone, unreadable or forced: move it aside under a name of ours, then try again. Should another
-        # launch have replaced it meanwhile, what was moved is that launch's fresh lease: it is put back.
-        aside = self.path.with_name(f'.{self.path.name}.stale.{self.holder["token"]}')
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            if _token(_read(aside)) != _token(holder):
-                os.link(aside, self.path)
-        except FileExistsError:
-            pass
-        finally:
-            aside.unlink()
+        if self._version is not None:
+            try:
+                self._slot.remove(self._version)
+            except ValueError as e:  # the store is unreachable: the lease goes stale, or this host takes it over
+                print(f'reweigh: warning: {e}; it is taken over once stale ({self.stale_after_s:g} s), or at once '
+                      f'from this host', file=sys.stderr)
+            self._version = None
 
     def _gone(self, holder: dict[str, Any]) -> bool:
         """Whether the holder is a process of this host that no longer runs."""
@@ -148,21 +269,17 @@ class RunLease:
             return False
         return False
 
-    def _read(self) -> dict[str, Any] | None:
-        return _read(self.path)
-
     def _renew(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if _token(self._read()) != self.holder['token']:
-                return  # taken over (--force): leave the other launch's lease alone
-            try:
-                os.utime(self.path)
-            except OSError:
+            version = self._slot.renew(self._version)
+            if version is None:
+                self._version = None  # taken over (--force): leave the other launch's lease alone
                 return
+            self._version = version
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """A lease's holder, or ``None`` if it is gone or unreadable."""
+def _parse(path: Path) -> dict[str, Any] | None:
+    """A lease file's holder, or ``None`` if it is gone or unreadable."""
     try:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -172,3 +289,15 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _token(holder: dict[str, Any] | None) -> str | None:
     return None if holder is None else holder.get('token')
+
+
+def _status(error: Exception) -> int | None:
+    """The HTTP status of a botocore ``ClientError`` (None for other errors: the store was not reached)."""
+    response = getattr(error, 'response', None)
+    return response.get('ResponseMetadata', {}).get('HTTPStatusCode') if isinstance(response, dict) else None
+
+
+def _http_date(text: str) -> float:
+    import email.utils
+
+    return email.utils.parsedate_to_datetime(text).timestamp()

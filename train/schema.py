@@ -186,6 +186,8 @@ class TrainConfig:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     callbacks: dict[str, Any] = not_arm(default_factory=dict)
     loggers: dict[str, Any] = not_arm(default_factory=dict)
+    """Composer logger destinations by name (``file``, ``in_memory``, ``tensorboard``, ``mlflow``, ``wandb``) and their
+    arguments; ``{run_dir}`` in the file logger's ``filename`` is the run folder."""
     max_duration: str = MISSING
     eval_interval: str = '1ep'
     global_train_batch_size: int = MISSING

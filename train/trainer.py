@@ -34,9 +34,9 @@ from composer.utils import create_interval_scheduler, dist, format_name_with_dis
 from omegaconf import OmegaConf
 
 from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, Preemption, RestoreRngOnResume
-from reweigh.callbacks.mirror import restore_latest_from_remote
+from reweigh.callbacks.mirror import publish_latest, restore_latest_from_remote
 from reweigh.io.uploads import DurableUploader
-from reweigh.io.uri import is_remote
+from reweigh.io.uri import is_remote, scheme_of
 from reweigh.safety import safe_checkpoint_loading, set_aside_interrupted_checkpoints
 from reweigh.train import data
 from reweigh.train.builders import (
@@ -48,7 +48,7 @@ from reweigh.train.builders import (
     build_scheduler,
 )
 from reweigh.train.config import ConfigError
-from reweigh.train.lease import LeaseHeld, RunLease
+from reweigh.train.lease import LEASE_SCHEMES, LeaseHeld, RunLease
 from reweigh.train.run_folder import RunFolder
 
 __all__ = ['BuiltTrainer', 'Placement', 'build_trainer', 'place', 'train']
@@ -193,15 +193,29 @@ def _history_folder(cfg: Any, placement: Placement) -> str | None:
 
 
 def _prepare_autoresume(cfg: Any, placement: Placement) -> None:
-    """Set interrupted saves aside and, with a remote ``save_folder``, fetch the bucket's latest checkpoint."""
+    """Set interrupted saves aside and, with a remote ``save_folder``, fetch the bucket's latest checkpoint.
+
+    On several nodes (each with a local ``save_folder`` of its own) rank 0 first makes the bucket's ``latest``
+    pointer name its own latest checkpoint (uploading it if an earlier attempt stopped before it was), and the other
+    nodes then take that one, replacing what their own folder names: every node resumes from the same step.
+    """
     folder = format_name_with_dist(placement.local_checkpoints, cfg.run_name)
     for path in set_aside_interrupted_checkpoints(folder, dist.get_global_rank()):
         print(f'reweigh train: {path.with_suffix("").name} is from an interrupted save; '
               f'kept as {path}, resuming from the checkpoint before it', file=sys.stderr)
-    if placement.remote_checkpoints and dist.get_local_rank() == 0:
-        restored = restore_latest_from_remote(folder, placement.remote_checkpoints, rank=0)
+    remote = placement.remote_checkpoints
+    several_nodes = dist.get_world_size() > dist.get_local_world_size()
+    if remote and dist.get_global_rank() == 0:
+        restored = restore_latest_from_remote(folder, remote, rank=0)
         if restored:
-            print(f'reweigh train: resuming from {placement.remote_checkpoints}/{restored}', file=sys.stderr)
+            print(f'reweigh train: resuming from {remote}/{restored}', file=sys.stderr)
+        if several_nodes:
+            publish_latest(folder, remote)
+    dist.barrier()
+    if remote and several_nodes and dist.get_local_rank() == 0 and dist.get_global_rank() != 0:
+        if restored := restore_latest_from_remote(folder, remote, rank=0, replace=True):
+            print(f'reweigh train: node {dist.get_node_rank()} resumes from {remote}/{restored}, as rank 0 does',
+                  file=sys.stderr)
     dist.barrier()
 
 
@@ -268,7 +282,7 @@ def build_trainer(cfg: Any, placement: Placement, device_batch: int) -> BuiltTra
             schedulers=build_scheduler(cfg),
             algorithms=algorithms,
             callbacks=callbacks,
-            loggers=[*build_loggers(cfg), metrics_log],
+            loggers=[*build_loggers(cfg, placement.folder.root), metrics_log],
             precision=cfg.precision,
             device=_device(cfg),
             device_train_microbatch_size=micro if micro is not None else device_batch,
@@ -335,31 +349,45 @@ def train(cfg: Any) -> dict[str, Any]:
     dist.initialize_dist(_device(cfg), cfg.dist_timeout)
     reproducibility.seed_all(cfg.seed)
     placement = place(cfg)
-    lease = _take_lease(cfg, placement.folder)  # before anything is written: a second launch changes nothing
+    leases = _take_leases(cfg, placement)  # before anything is written: a second launch changes nothing
     try:
         return _train(cfg, placement, device_batch)
     finally:
-        if lease is not None:
+        for lease in reversed(leases):
             lease.release()
 
 
-def _take_lease(cfg: Any, folder: RunFolder) -> RunLease | None:
-    """Rank 0 takes the run folder's lease; every rank learns whether it did (once, at the start).
+def _take_leases(cfg: Any, placement: Placement) -> list[RunLease]:
+    """Rank 0 takes the run folder's lease, and the remote run folder's where its store has them; every rank learns
+    whether it did (once, at the start).
 
     Raises:
-        LeaseHeld: On every rank, if another launch holds it.
+        LeaseHeld: On every rank, if another launch holds one.
     """
-    lease, refusal = None, None
+    leases: list[RunLease] = []
+    refusal = None
     if dist.get_global_rank() == 0:
+        folders = [placement.folder.root]
+        if placement.remote is not None:
+            if scheme_of(placement.remote.root) in LEASE_SCHEMES:
+                folders.append(placement.remote.root)
+            else:
+                print(f'reweigh train: note: {placement.remote.root} takes no lease (only s3:// run folders do); '
+                      f"the local run folder's lease keeps a second launch out of that folder only",
+                      file=sys.stderr)
         try:
-            lease = RunLease(folder.root, cfg.lease.stale_after_s, cfg.lease.force).acquire()
-        except LeaseHeld as e:
+            for folder in folders:
+                leases.append(RunLease(folder, cfg.lease.stale_after_s, cfg.lease.force).acquire())
+        except (LeaseHeld, ValueError) as e:
             refusal = str(e)
+            for lease in reversed(leases):
+                lease.release()
+            leases = []
     outcome = [refusal]
     dist.broadcast_object_list(outcome, src=0)
     if outcome[0] is not None:
         raise LeaseHeld(outcome[0])
-    return lease
+    return leases
 
 
 def _train(cfg: Any, placement: Placement, device_batch: int) -> dict[str, Any]:

@@ -12,8 +12,9 @@ WITHOUT_COMPOSER = bool(missing_modules('composer'))
 """Whether this environment lacks reweigh[composer] (the today environment: scripts/setup_today.sh)."""
 
 NEED_COMPOSER = (
-    'test_accumulation.py', 'test_config.py', 'test_curate.py', 'test_distributed.py', 'test_fused_loss.py',
-    'test_gpu.py', 'test_history.py', 'test_metrics_log.py', 'test_no_sync.py', 'test_outage.py',
+    'test_accumulation.py', 'test_config.py', 'test_curate.py', 'test_disk.py', 'test_distributed.py',
+    'test_fused_loss.py', 'test_gpu.py', 'test_history.py', 'test_metrics_log.py', 'test_no_sync.py', 'test_nodes.py',
+    'test_outage.py',
     'test_pipeline_docstrings.py', 'test_pipeline_prepare.py', 'test_pipeline_remote.py', 'test_pipeline_stream.py',
     'test_precision.py', 'test_resume.py', 'test_run_folder.py', 'test_security.py', 'test_sharded.py', 'test_spark.py',
     'test_sweep.py', 'test_train_cli.py', 'test_trainer.py',

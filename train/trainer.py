@@ -48,6 +48,7 @@ from reweigh.train.builders import (
     build_scheduler,
 )
 from reweigh.train.config import ConfigError
+from reweigh.train.disk import DiskFull, disk_full_message
 from reweigh.train.lease import LEASE_SCHEMES, LeaseHeld, RunLease
 from reweigh.train.run_folder import RunFolder
 
@@ -352,9 +353,22 @@ def train(cfg: Any) -> dict[str, Any]:
     leases = _take_leases(cfg, placement)  # before anything is written: a second launch changes nothing
     try:
         return _train(cfg, placement, device_batch)
+    except Exception as e:
+        if (message := disk_full_message(e, _written(cfg, placement))) is None:
+            raise
+        raise DiskFull(f'{message}; free space there and run the same command to resume') from e
     finally:
         for lease in reversed(leases):
             lease.release()
+
+
+def _written(cfg: Any, placement: Placement) -> dict[str, str]:
+    """What a run writes locally, and where (for :func:`~reweigh.train.disk.disk_full_message`)."""
+    written = {'a checkpoint': format_name_with_dist(placement.local_checkpoints, cfg.run_name),
+               'metrics.jsonl': placement.folder.metrics, 'the log file': placement.folder.root}
+    if (history := _history_folder(cfg, placement)) is not None:
+        written['a loss-history part'] = history
+    return written
 
 
 def _take_leases(cfg: Any, placement: Placement) -> list[RunLease]:

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='the baseline: its runs (added to RUN if not there), or the name of an arm '
                    '(default: the arm without reweighting, "uniform")')
     p.add_argument('--out', default='comparison', help='output folder (default: ./comparison)')
+    p.add_argument('--dataset', metavar='ROOT',
+                   help="the prepared dataset the runs trained on, for domain names (default: the one the first run's "
+                   'summary.json names, else the names the histories recorded); for runs whose dataset moved')
     p.add_argument('--no-histories', action='store_true',
                    help='skip the loss histories (no weight shares per domain; faster on large runs)')
     p.set_defaults(run=run)
@@ -46,20 +49,37 @@ def _split(items: list[str]) -> tuple[list[str], dict[str, str]]:
     return paths, names
 
 
-def _domain_names(run_paths: list[str]) -> list[str]:
-    """The domain names of the dataset the runs trained on (the first summary.json that names one), else those a
-    run's history recorded, or ``[]``."""
+def _domain_names(run_paths: list[str], dataset: str | None = None) -> list[str]:
+    """The domain names of ``dataset``, else of the dataset the runs trained on (the first summary.json that names one
+    that can be read; one line says so when it cannot), else those a run's history recorded, or ``[]``.
+
+    Raises:
+        ValueError: If ``dataset`` is given and cannot be read.
+    """
+    import sys
+
     from reweigh.pipeline.manifest import read_manifest
     from reweigh.train.run_folder import RunFolder
 
+    if dataset is not None:
+        with tempfile.TemporaryDirectory() as cache:
+            try:
+                return list(read_manifest(dataset, cache).domain_names)
+            except (OSError, ValueError) as e:
+                raise ValueError(f'--dataset {dataset}: {e}') from e
+    noted = False
     for run_path in run_paths:
+        named = None
         try:
-            dataset = RunFolder(run_path).read_summary().get('dataset')
-            if dataset:
+            named = RunFolder(run_path).read_summary().get('dataset')
+            if named:
                 with tempfile.TemporaryDirectory() as cache:
-                    return list(read_manifest(dataset, cache).domain_names)
-        except (OSError, ValueError):  # the dataset moved or cannot be reached: try the next run
-            continue
+                    return list(read_manifest(named, cache).domain_names)
+        except (OSError, ValueError) as e:  # the dataset moved or cannot be reached: try the next run
+            if named and not noted:
+                print(f'reweigh compare: note: cannot read the dataset {named} that {run_path} names ({e}); domain '
+                      'names come from elsewhere (pass --dataset ROOT)', file=sys.stderr)
+                noted = True
     from reweigh.history.format import read_metadata
 
     for run_path in run_paths:  # no dataset: the names the runs' loaders recorded in their histories
@@ -105,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f'--baseline runs belong to {len(owners)} arms ({", ".join(sorted(owners))}); '
                              'give the runs of one arm.')
         baseline_arm = owners.pop()
-    comparison = compare_runs(runs, baseline_arm, names, domain_names=_domain_names([r.path for r in runs]),
+    comparison = compare_runs(runs, baseline_arm, names, domain_names=_domain_names([r.path for r in runs], args.dataset),
                               histories=not args.no_histories)
     command = ['reweigh', 'compare', *args.runs, *(['--baseline', *args.baseline] if args.baseline else []),
                '--out', args.out, *(['--no-histories'] if args.no_histories else [])]

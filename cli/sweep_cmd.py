@@ -163,4 +163,5 @@ def run(args: argparse.Namespace) -> int:
     from reweigh.cli import compare_cmd
 
     names = [f'{p.arm}={p.run_dir}' for p in runs]
-    return compare_cmd.run(argparse.Namespace(runs=names, baseline=None, out=str(out / 'compare'), no_histories=False))
+    return compare_cmd.run(argparse.Namespace(runs=names, baseline=None, out=str(out / 'compare'), no_histories=False,
+                                              dataset=None))

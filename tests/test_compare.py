@@ -246,3 +246,32 @@ def test_weight_shares_come_from_the_histories_named_by_the_dataset_without_the_
     assert [r['domain'] for r in weights] == ['code', 'docs', 'boilerplate']
     assert [r['mean_rel_weight'] for r in weights] == pytest.approx([REL[d] for d in range(3)])
     assert [r['row_share'] for r in weights] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.composer  # the dataset is prepared with the pipeline
+def test_runs_whose_dataset_moved_say_so_in_one_line_and_take_dataset(tmp_path, small_dataset, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+    from test_analysis import synthetic_history
+
+    root, _ = small_dataset
+    paths = _study(tmp_path / 'runs')
+    for path in paths:
+        if 'linupper' in path.name:
+            synthetic_history(path / 'history')
+            (path / 'summary.json').write_text(json.dumps({'dataset': str(tmp_path / 'moved-away')}))
+
+    def domains(out):
+        return [r['domain'] for r in pq.read_table(out / 'weights.parquet').to_pylist() if r['arm'] == 'linupper']
+
+    assert main(['compare', *map(str, paths), '--out', str(tmp_path / 'without')]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith('reweigh compare: note:')]
+    assert len(notes) == 1 and f'cannot read the dataset {tmp_path / "moved-away"}' in notes[0]
+    assert '(pass --dataset ROOT)' in notes[0]
+    assert main(['compare', *map(str, paths), '--out', str(tmp_path / 'with'), '--dataset', str(root)]) == 0
+    assert 'note:' not in capsys.readouterr().err
+    assert domains(tmp_path / 'with') == ['code', 'docs', 'boilerplate']
+    assert main(['compare', *map(str, paths), '--out', str(tmp_path / 'bad'), '--dataset', str(tmp_path / 'nope')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'reweigh compare: error: --dataset {tmp_path / "nope"}')

@@ -49,6 +49,17 @@ def test_sweep_trains_the_grid_skips_finished_runs_and_compares(small_dataset, s
     assert 'reweigh sweep: 2 runs (1 finished already)' in capsys.readouterr().out
     assert 'already trained for 4ba; nothing to do' in (out / 'demo-uniform-s17' / 'train.log').read_text()
 
+    # The sweep folder moved: run again at its new place, nothing is trained again, and the comparison reads the runs
+    # where they are now.
+    moved = tmp_path / 'elsewhere' / 'sweep'
+    moved.parent.mkdir()
+    out.rename(moved)
+    common[common.index('--out') + 1] = str(moved)
+    assert main(['sweep', *common, '--seeds', '1']) == 0
+    printed = capsys.readouterr().out
+    assert 'reweigh sweep: 2 runs (2 finished already)' in printed
+    assert 'reweigh compare: 2 runs in 2 arms (uniform, quadratic); baseline uniform' in printed
+
 
 @pytest.mark.parametrize('extra, message', [
     (['--arms', 'uniform,bogus'], "--arms: 'bogus' is neither \"uniform\" nor a strategy"),

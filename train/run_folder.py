@@ -164,9 +164,25 @@ class RunFolder:
         return summary, relative
 
     def finished(self, config: str) -> bool:
-        """Whether the (local) run ended (``summary.json``) with the very config ``config`` (``config.yaml``'s text)."""
+        """Whether the (local) run ended (``summary.json``) with the config ``config`` (``config.yaml``'s text).
+
+        Where the run folder lies (its ``run_dir``) is not compared: a sweep folder that was moved or copied, and run
+        again with ``--out`` at its new place, is not trained again.
+
+        Example:
+            >>> import json, tempfile
+            >>> from pathlib import Path
+            >>> from reweigh.train.run_folder import RunFolder
+            >>> folder = RunFolder(tempfile.mkdtemp())
+            >>> folder.write_config('run_dir: /old/place/a\\nseed: 17\\n')
+            >>> _ = Path(folder.summary_file).write_text(json.dumps({'steps': 10}))
+            >>> folder.finished('run_dir: /new/place/a\\nseed: 17\\n'), folder.finished('run_dir: /old/place/a\\nseed: 18\\n')
+            (True, False)
+        """
         written = Path(self.config)
-        return Path(self.summary_file).is_file() and written.is_file() and written.read_text() == config
+        if not (Path(self.summary_file).is_file() and written.is_file()):
+            return False
+        return _placeless(written.read_text()) == _placeless(config)
 
     def locate_history(self) -> tuple[str, dict[str, Any]]:
         """The loss history and the summary (``{}`` if none) of this folder: a run folder, a history folder, or a URI.
@@ -194,3 +210,17 @@ class RunFolder:
         if summary.get('history') and (relative or not own):
             return summary['history'], summary
         return self.history if own else self.root, summary
+
+
+def _placeless(config: str) -> Any:
+    """A config's YAML without its ``run_dir`` (its text where it is not a mapping)."""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(config)
+    except yaml.YAMLError:
+        return config
+    if not isinstance(parsed, dict):
+        return config
+    parsed.pop('run_dir', None)
+    return parsed

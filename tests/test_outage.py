@@ -148,6 +148,47 @@ def test_outage_past_the_limit_stops_clearly_and_a_fresh_node_resumes(small_data
     assert [r['step'] for r in parse_metrics(metrics) if r['kind'] == 'train'] == list(range(1, STEPS * 4 + 1))
 
 
+def test_sigterm_with_a_bucket_save_folder_uploads_the_stop_and_a_fresh_node_resumes_there(small_dataset, streaming_shm,
+                                                                                              emulator, tmp_path):
+    """Preempted with save_folder in a bucket: before exiting 75 the run has put the checkpoint of the step it stopped
+    at, its pointer, the history up to that step and the metrics in the bucket; a machine with none of the local files
+    resumes there, and no step is trained twice."""
+    import re
+    import signal
+
+    from reweigh.history.format import list_parts
+
+    data_root, _ = small_dataset
+    client = boto3.client('s3', endpoint_url=emulator.url, aws_access_key_id='testing',
+                          aws_secret_access_key='testing', region_name='us-east-1')
+    run_dir, prefix, steps = tmp_path / 'run', 'runs/preempted', 120
+    settings = dict(max_duration=f'{steps}ba', eval_interval=f'{steps}ba', save_interval=f'{steps}ba',
+                    console_log_interval='1ba')
+    (tmp_path / 'first').mkdir()
+    (tmp_path / 'second').mkdir()
+    proc = _train(data_root, run_dir, 'preempted', emulator.url, **settings)
+    _wait_for(lambda: max((p.last for p in list_parts(run_dir / 'history' / 'rank0')), default=-1) >= EVERY - 1
+              or proc.poll() is not None, 240, 'a first history part')
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    stopped = int(re.search(r'stopped by SIGTERM after step (\d+)', err).group(1))
+    assert stopped < steps
+    pointer = client.get_object(Bucket='reweigh', Key=f'{prefix}/checkpoints/latest-rank0.pt.symlink')['Body'].read()
+    assert pointer.decode() == f'{prefix}/checkpoints/ep0-ba{stopped}-rank0.pt'
+    assert _uploaded_steps(client, prefix, tmp_path / 'first') == (list(range(stopped)), stopped * 8)
+    metrics = client.get_object(Bucket='reweigh', Key=f'{prefix}/metrics.jsonl')['Body'].read().decode()
+    assert [r['step'] for r in parse_metrics(metrics) if r['kind'] == 'train'] == list(range(1, stopped + 1))
+
+    shutil.rmtree(run_dir)  # the job is rescheduled on another machine: only the bucket is left
+    proc = _train(data_root, run_dir, 'preempted', emulator.url, **settings)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert f'resuming from s3://reweigh/{prefix}/checkpoints/ep0-ba{stopped}-rank0.pt' in err
+    assert [int(b) for b in re.findall(rf'\[batch=(\d+)/{steps}\]', err)] == list(range(stopped + 1, steps + 1))
+    assert _uploaded_steps(client, prefix, tmp_path / 'second') == (list(range(steps)), steps * 8)
+
+
 def test_resume_from_the_bucket_drops_history_uploaded_past_the_checkpoint(small_dataset, streaming_shm, s3_env,
                                                                            tmp_path):
     """An attempt whose history parts reached the bucket but whose last checkpoint did not: the resumed

@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('config')
     parser.add_argument('overrides', nargs='*')
     args = parser.parse_args(argv)
-    if 'GROUP_RANK' in os.environ:  # torchrun's name for the node's rank; Composer reads NODE_RANK
-        os.environ.setdefault('NODE_RANK', os.environ['GROUP_RANK'])
+    if 'GROUP_RANK' in os.environ:  # torchrun's name for the node's rank (it wins over an inherited NODE_RANK)
+        os.environ['NODE_RANK'] = os.environ['GROUP_RANK']
     try:
         return train_cmd.run(args)
     except ValueError as e:  # ConfigError, UnsafeCheckpointError, unreadable data: user errors, as in `reweigh`

@@ -30,6 +30,9 @@ STEPS, EVERY = 48, 4
 NODE = 'mount -t tmpfs tmpfs /dev/shm && mount --bind "$NODE_DIR" "$RUN_DIR" && exec "$@"'
 """What each node runs first: its own shared memory (Streaming's) and its own disk at the run folder's path."""
 
+_DIST_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+"""Set in this process by an earlier in-process run (Composer's single-process defaults)."""
+
 
 def _can_mount() -> bool:
     if os.geteuid() != 0 or shutil.which('unshare') is None:
@@ -59,7 +62,8 @@ def _node(rank: int, port: int, tmp: Path, name: str, url: str, data_root: Path,
                '--nnodes', '2', '--nproc-per-node', '1', '--node-rank', str(rank), '--master-addr', '127.0.0.1',
                '--master-port', str(port), '-m', 'reweigh.cli.train', str(TINY_CPU),
                *(f'{k}={v}' for k, v in overrides.items())]
-    env = {**os.environ, **emulator_env(url), 'PYTHONUNBUFFERED': '1', 'NODE_DIR': str(node_dir),
+    inherited = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}  # as a fresh shell on a node has
+    env = {**inherited, **emulator_env(url), 'PYTHONUNBUFFERED': '1', 'NODE_DIR': str(node_dir),
            'RUN_DIR': str(run_dir)}
     with open(tmp / name / f'{attempt}.node{rank}.log', 'w') as log:
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -94,9 +94,14 @@ class MirrorCheckpoints(Callback):
         self.upload_error = uploader.close_keeping_error()
 
 
+def _pointer_key(prefix: str, rank: int) -> str:
+    """The object name of the bucket's ``latest-rank{rank}.pt.symlink`` pointer under ``prefix``."""
+    return object_key(prefix, f'{latest_name(rank)}.symlink')
+
+
 def _remote_pointer(store: Any, prefix: str, rank: int) -> str | None:
     """The checkpoint file name the bucket's ``latest-rank{rank}.pt.symlink`` names (None if there is none)."""
-    pointer = object_key(prefix, f'{latest_name(rank)}.symlink')
+    pointer = _pointer_key(prefix, rank)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             store.download_object(pointer, os.path.join(tmp, 'pointer'), overwrite=True)
@@ -177,5 +182,5 @@ def publish_latest(local_folder: str | os.PathLike, remote_folder: str, rank: in
         with tempfile.TemporaryDirectory() as tmp, writing(remote_folder):
             store.upload_object(object_key(prefix, name), str(Path(local_folder) / name))
             Path(tmp, 'pointer').write_text(object_key(prefix, name))
-            store.upload_object(object_key(prefix, f'{latest_name(rank)}.symlink'), str(Path(tmp, 'pointer')))
+            store.upload_object(_pointer_key(prefix, rank), str(Path(tmp, 'pointer')))
     return name

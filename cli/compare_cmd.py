@@ -61,20 +61,22 @@ def _domain_names(run_paths: list[str], dataset: str | None = None) -> list[str]
     from reweigh.pipeline.manifest import read_manifest
     from reweigh.train.run_folder import RunFolder
 
-    if dataset is not None:
+    def names_of(root: str) -> list[str]:
         with tempfile.TemporaryDirectory() as cache:
-            try:
-                return list(read_manifest(dataset, cache).domain_names)
-            except (OSError, ValueError) as e:
-                raise ValueError(f'--dataset {dataset}: {e}') from e
+            return list(read_manifest(root, cache).domain_names)
+
+    if dataset is not None:
+        try:
+            return names_of(dataset)
+        except (OSError, ValueError) as e:
+            raise ValueError(f'--dataset {dataset}: {e}') from e
     noted = False
     for run_path in run_paths:
         named = None
         try:
             named = RunFolder(run_path).read_summary().get('dataset')
             if named:
-                with tempfile.TemporaryDirectory() as cache:
-                    return list(read_manifest(named, cache).domain_names)
+                return names_of(named)
         except (OSError, ValueError) as e:  # the dataset moved or cannot be reached: try the next run
             if named and not noted:
                 print(f'reweigh compare: note: cannot read the dataset {named} that {run_path} names ({e}); domain '

@@ -129,9 +129,8 @@ def _bucket_run(client, name, tmp):
 def test_killing_one_of_two_nodes_then_restarting_both_ends_as_an_uninterrupted_run(small_dataset, s3_endpoint,
                                                                                     tmp_path):
     data_root, _ = small_dataset
-    client = boto3.client('s3', endpoint_url=s3_endpoint, **{
-        k: v for k, v in (('aws_access_key_id', 'testing'), ('aws_secret_access_key', 'testing'),
-                          ('region_name', 'us-east-1'))})
+    client = boto3.client('s3', endpoint_url=s3_endpoint, aws_access_key_id='testing', aws_secret_access_key='testing',
+                          region_name='us-east-1')
 
     straight = _launch(tmp_path, 'straight', s3_endpoint, data_root, 'only')
     assert _wait(straight) == [0, 0], _log(tmp_path, 'straight', 'only', 0)[-3000:]

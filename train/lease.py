@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from reweigh.io.uri import scheme_of
+from reweigh.io.uri import scheme_of, schemes_text
 from reweigh.train.run_folder import RunFolder
 
 __all__ = ['HEARTBEAT_S', 'LEASE_SCHEMES', 'LeaseHeld', 'RunLease']
@@ -207,8 +207,8 @@ class RunLease:
         elif scheme in LEASE_SCHEMES:
             self._slot = _S3Slot(self.folder.lease)
         else:
-            raise ValueError(f'{folder}: leases are taken in {", ".join(s + "://" for s in LEASE_SCHEMES)} run '
-                             f'folders and local ones, not {scheme}://')
+            raise ValueError(f'{folder}: leases are taken in {schemes_text(LEASE_SCHEMES)} run folders and local '
+                             f'ones, not {scheme}://')
         self._version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

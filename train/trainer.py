@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, Preemption, RestoreRngOnResume
 from reweigh.callbacks.mirror import publish_latest, restore_latest_from_remote
 from reweigh.io.uploads import DurableUploader
-from reweigh.io.uri import is_remote, scheme_of
+from reweigh.io.uri import is_remote, scheme_of, schemes_text
 from reweigh.safety import safe_checkpoint_loading, set_aside_interrupted_checkpoints
 from reweigh.train import data
 from reweigh.train.builders import (
@@ -386,13 +386,14 @@ def _take_leases(cfg: Any, placement: Placement) -> list[RunLease]:
             if scheme_of(placement.remote.root) in LEASE_SCHEMES:
                 folders.append(placement.remote.root)
             else:
-                print(f'reweigh train: note: {placement.remote.root} takes no lease (only s3:// run folders do); '
+                print(f'reweigh train: note: {placement.remote.root} takes no lease (only '
+                      f'{schemes_text(LEASE_SCHEMES)} run folders do); '
                       f"the local run folder's lease keeps a second launch out of that folder only",
                       file=sys.stderr)
         try:
             for folder in folders:
                 leases.append(RunLease(folder, cfg.lease.stale_after_s, cfg.lease.force).acquire())
-        except (LeaseHeld, ValueError) as e:
+        except ValueError as e:  # LeaseHeld, or a bucket's lease that cannot be read or written
             refusal = str(e)
             for lease in reversed(leases):
                 lease.release()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from composer.loggers import Logger
+
+from reweigh.algorithms.step import MetricValues
 
 __all__ = ['DeferredMetrics']
 
@@ -30,11 +33,15 @@ class DeferredMetrics:
     def __init__(self) -> None:
         self._pending: _Pending | None = None
 
-    def push(self, step: int, tensors: dict[str, torch.Tensor], extra: dict[str, float], logger: Logger) -> None:
-        """Queue this step's metrics and log the previous step's."""
+    def push(self, step: int, tensors: Mapping[str, torch.Tensor], extra: dict[str, float], logger: Logger) -> None:
+        """Queue this step's metrics and log the previous step's (a :class:`~reweigh.algorithms.step.MetricValues`
+        is taken as the vector it holds)."""
         self.flush(logger)
-        names = tuple(tensors)
-        values = torch.stack([tensors[k].detach().float().reshape(()) for k in names])
+        if isinstance(tensors, MetricValues):
+            names, values = tensors.names, tensors.vector.detach().float()
+        else:
+            names = tuple(tensors)
+            values = torch.stack([tensors[k].detach().float().reshape(()) for k in names])
         if values.is_cuda:
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             host.copy_(values, non_blocking=True)

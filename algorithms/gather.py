@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 
 __all__ = ['GlobalBatch', 'gather_global_batch', 'world_size']
 
@@ -19,22 +20,25 @@ def world_size() -> int:
 class GlobalBatch(NamedTuple):
     """Per-sample statistics of all ranks, laid out rank after rank in slots of equal size."""
     losses: torch.Tensor
-    """``(world * capacity,)`` float32 detached losses; NaN in padding slots."""
+    """``(world * capacity,)`` detached losses (float32 after a gather or padding); NaN in padding slots."""
     tokens: torch.Tensor
-    """``(world * capacity,)`` float32 token counts; 0 in padding slots."""
-    valid: torch.Tensor
-    """``(world * capacity,)`` bool, ``False`` for padding slots."""
+    """``(world * capacity,)`` token counts (float32 after a gather or padding); NaN in padding slots."""
     local: slice
     """Where this rank's samples sit in the gathered vectors."""
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``(world * capacity,)`` bool, ``False`` for padding slots."""
+        return ~torch.isnan(self.tokens.float())
 
 
 def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: int | None = None) -> GlobalBatch:
     """Gather detached per-sample losses and token counts from every rank in one collective.
 
-    ``torch.distributed.all_gather`` needs equal shapes, so each rank pads its vectors to
-    ``capacity`` slots (the device microbatch size, which no rank exceeds). Padding carries a NaN
-    loss, which :func:`~reweigh.algorithms.compute_sample_weights` gives weight 0, and
-    ``valid=False``. With a single process nothing is communicated or padded.
+    ``torch.distributed.all_gather_into_tensor`` needs equal shapes, so each rank pads its samples to
+    ``capacity`` slots (the device microbatch size, which no rank exceeds). A padding slot carries a NaN loss,
+    which :func:`~reweigh.algorithms.compute_sample_weights` gives weight 0, and a NaN token count, which
+    marks it as padding. With a single process and no padding nothing is communicated, copied or converted.
 
     Args:
         losses (torch.Tensor): ``(n,)`` this rank's per-sample losses.
@@ -50,9 +54,9 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
     Example:
         >>> import torch
         >>> from reweigh.algorithms import gather_global_batch
-        >>> g = gather_global_batch(torch.tensor([1.0, 2.0]), torch.tensor([3, 4]))
-        >>> g.losses.tolist(), g.local
-        ([1.0, 2.0], slice(0, 2, None))
+        >>> g = gather_global_batch(torch.tensor([1.0, 2.0]), torch.tensor([3, 4]), capacity=3)
+        >>> g.losses.tolist(), g.tokens.tolist(), g.local
+        ([1.0, 2.0, nan], [3.0, 4.0, nan], slice(0, 2, None))
     """
     n = losses.shape[0]
     capacity = n if capacity is None else capacity
@@ -60,17 +64,15 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
         raise ValueError(f'capacity ({capacity}) is smaller than the number of local samples ({n}).')
     world = world_size()
     rank = dist.get_rank() if world > 1 else 0
+    local = slice(rank * capacity, rank * capacity + n)
+    if world == 1 and capacity == n:  # nothing to send or pad: the vectors as they are
+        return GlobalBatch(losses.detach() if losses.requires_grad else losses, tokens, local)
     with torch.no_grad():
-        packed = torch.empty(3, capacity, dtype=torch.float32, device=losses.device)
-        packed[0, :n] = losses.detach()
-        packed[0, n:] = math.nan
-        packed[1, :n] = tokens
-        packed[1, n:] = 0
-        packed[2, :n] = 1
-        packed[2, n:] = 0
+        packed = torch.stack([losses.detach().float(), tokens.float()], dim=1)  # (n, 2): one row per sample
+        if capacity > n:
+            packed = F.pad(packed, (0, 0, 0, capacity - n), value=math.nan)
         if world > 1:
-            gathered = [torch.empty_like(packed) for _ in range(world)]
-            dist.all_gather(gathered, packed)
-            packed = torch.cat(gathered, dim=1)
-    start = rank * capacity
-    return GlobalBatch(packed[0], packed[1], packed[2] > 0, slice(start, start + n))
+            gathered = packed.new_empty(world * capacity, 2)
+            dist.all_gather_into_tensor(gathered, packed)
+            packed = gathered
+    return GlobalBatch(packed[:, 0], packed[:, 1], local)

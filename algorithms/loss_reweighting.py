@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
@@ -104,9 +104,11 @@ class LossReweighting(Algorithm):
             Default: ``None`` (constant ``r``).
         token_normalize (bool): Fold token counts into the weights (``w_i n_i / sum w_j n_j``), so that
             uniform weights give the token-mean loss. Default: ``False`` (sample-mean).
+        fused (bool | str): Compile the step after the all-gather into one region (:mod:`reweigh.algorithms.fused`):
+            ``True``, ``False``, or ``'auto'`` (on CUDA). Default: ``'auto'``.
 
     Raises:
-        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, or a bad ``warmup``.
+        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, a bad ``warmup`` or ``fused``.
 
     Example:
         >>> from reweigh.algorithms import LossReweighting
@@ -124,11 +126,12 @@ class LossReweighting(Algorithm):
         warmup: str | int | Time = DEFAULT_WARMUP,
         r_schedule: Callable[[State], float] | None = None,
         token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
+        fused: bool | Literal['auto'] = 'auto',
     ) -> None:
         if r_schedule is not None and not callable(r_schedule):
             raise ValueError(f'r_schedule must be callable (e.g. a Composer scheduler), got {r_schedule!r}.')
         self.warmup = parse_warmup(warmup)
-        self.reweighter = Reweighter(strategy, r, delta, self.warmup.to_timestring(), r_schedule, token_normalize)
+        self.reweighter = Reweighter(strategy, r, delta, self.warmup.to_timestring(), r_schedule, token_normalize, fused)
         """The framework-free core this algorithm drives (its settings, step, metrics and checkpointed state)."""
         self._metrics = DeferredMetrics()
         self._warned_generic = False

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 __all__ = [
     'PER_SAMPLE_LOSS_KEY', 'PerSampleLoss', 'per_sample_loss', 'per_sample_loss_from', 'per_sample_mean', 'reweighted_loss',
-    'shift_labels',
+    'shift_labels', 'weighted_loss',
 ]
 
 PER_SAMPLE_LOSS_KEY = 'per_sample_loss'
@@ -144,7 +144,8 @@ def reweighted_loss(losses: torch.Tensor, weights: torch.Tensor, world_size: int
 
     After data-parallel gradient averaging over ``world_size`` ranks this gives the update
     ``sum_i w_i grad(l_i)`` over the global batch; with weights ``1/N`` it is the sample-mean loss.
-    Samples with weight 0 (non-finite losses) contribute neither value nor NaN gradients.
+    Samples with weight 0 (non-finite losses) contribute neither value nor NaN gradients
+    (:func:`weighted_loss`).
 
     Args:
         losses (torch.Tensor): ``(n,)`` per-sample losses of this rank, with autograd graph.
@@ -160,5 +161,33 @@ def reweighted_loss(losses: torch.Tensor, weights: torch.Tensor, world_size: int
         >>> reweighted_loss(torch.tensor([1.0, float('nan')]), torch.tensor([1.0, 0.0]))
         tensor(1.)
     """
-    weights = weights.detach().to(losses.dtype)
-    return world_size * torch.where(weights > 0, weights * losses, 0.0).sum()
+    weights = weights.detach()
+    return weighted_loss(losses, world_size * weights.to(losses.dtype), weights <= 0)
+
+
+def weighted_loss(losses: torch.Tensor, grad: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """``sum_i grad_i l_i`` over the samples not in ``drop``: a masked fill and a dot product, whose backward gives
+    ``l_i`` the gradient ``grad_i`` (0 for a dropped sample, whatever its loss).
+
+    What :func:`reweighted_loss` computes from ``grad = world_size * w`` and ``drop = w <= 0``; the reweighting step
+    (:func:`~reweigh.algorithms.step.weigh_global_batch`) hands it those two vectors ready made. Every loss is kept
+    when no weight is 0, so a step whose losses are all non-finite stays non-finite.
+
+    Args:
+        losses (torch.Tensor): ``(n,)`` per-sample losses, with autograd graph.
+        grad (torch.Tensor): ``(n,)`` the loss's gradient with respect to them, in their dtype (no gradient).
+        drop (torch.Tensor): ``(n,)`` bool, the samples to leave out.
+
+    Returns:
+        torch.Tensor: 0-d loss.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.losses import weighted_loss
+        >>> losses = torch.tensor([1.0, 3.0, float('inf')], requires_grad=True)
+        >>> loss = weighted_loss(losses, torch.tensor([0.25, 0.75, 0.0]), torch.tensor([False, False, True]))
+        >>> loss.backward()
+        >>> loss.item(), losses.grad.tolist()
+        (2.5, [0.25, 0.75, 0.0])
+    """
+    return torch.dot(losses.masked_fill(drop, 0.0), grad)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -37,16 +37,20 @@ from reweigh.algorithms.constants import (
     DEFAULT_STRATEGY,
     DEFAULT_TOKEN_NORMALIZE,
     DEFAULT_WARMUP_STEPS,
-    METRIC_PREFIX,
 )
-from reweigh.algorithms.step import ReweightedMicrobatch, WeightMetrics, reweight_microbatch, scheduled_r
-from reweigh.algorithms.weights import validate_weight_args
+from reweigh.algorithms.fused import resolve_fused
+from reweigh.algorithms.step import MetricValues, ReweightedMicrobatch, WeightMetrics, reweight_microbatch, scheduled_r
+from reweigh.algorithms.weights import STAT_FIELDS, validate_weight_args
 
 __all__ = ['WARMUP_UNITS', 'Progress', 'Reweighter', 'Warmup', 'parse_warmup_string']
 
 WARMUP_UNITS = {'ba': 'step', 'sp': 'samples', 'tok': 'tokens', 'ep': 'epoch', 'dur': 'fraction'}
 """A warm-up's unit (Composer's time-string suffixes) and the :class:`Progress` field it is measured against."""
 
+_NONFINITE = STAT_FIELDS.index('nonfinite')
+"""Where the non-finite count sits in a report's vector (the statistics' layout, summed over microbatches)."""
+_FOLD_REPORTS = 64
+"""Reports whose vectors :class:`Reweighter` keeps apart (no device work per report) before it adds them up."""
 _WARMUP = re.compile(r'^(\d+(?:\.\d*)?|\.\d+)(ba|sp|tok|ep|dur)$')
 
 
@@ -118,10 +122,13 @@ class Reweighter:
         r_schedule (Callable, optional): Multiplier on ``r``, called with :attr:`Progress.clock` (or the
             :class:`Progress` when it has none). Default: constant ``r``.
         token_normalize (bool): Fold token counts into the weights. Default: ``False``.
+        fused (bool | str): Run the step after the all-gather as one compiled region
+            (:mod:`reweigh.algorithms.fused`): ``True``, ``False``, or ``'auto'``: on CUDA only, where its host time
+            cannot hide behind the device's work. Default: ``'auto'``.
 
     Raises:
-        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, a bad ``warmup`` or a
-            non-callable ``r_schedule``.
+        ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, a bad ``warmup``, a
+            non-callable ``r_schedule`` or a ``fused`` other than ``True``, ``False`` or ``'auto'``.
 
     Example:
         >>> from reweigh.algorithms.reweighter import Progress, Reweighter
@@ -140,8 +147,10 @@ class Reweighter:
         warmup: str | int | Warmup = DEFAULT_WARMUP_STEPS,
         r_schedule: Callable[[Any], float] | None = None,
         token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
+        fused: bool | Literal['auto'] = 'auto',
     ) -> None:
         validate_weight_args(strategy, r, delta)
+        resolve_fused(fused, 'cpu')
         if r_schedule is not None and not callable(r_schedule):
             raise ValueError(f'r_schedule must be callable, got {r_schedule!r}.')
         self.strategy = strategy
@@ -150,11 +159,15 @@ class Reweighter:
         self.warmup = parse_warmup_string(warmup)
         self.r_schedule = r_schedule
         self.token_normalize = bool(token_normalize)
+        self.fused = fused
+        self._fused_on: dict[str, bool] = {}  # device type -> whether the step is compiled there
         self.metrics = WeightMetrics()
         """The statistics of the microbatches since the last :meth:`report`."""
-        self.last = None
-        """The latest :meth:`step`'s result (its ``record`` is what the history stores), ``None`` before one."""
-        self._nonfinite_total: torch.Tensor | float = 0.0
+        self.last: ReweightedMicrobatch | None = None
+        """The latest :meth:`step`'s result without its loss (its ``record`` is what the history stores), ``None``
+        before one. The trainer holds the loss, and with it the step's autograd graph, for as long as it needs them."""
+        self._reported: list[torch.Tensor] = []  # the metric vectors reported (folded into one now and then)
+        self._nonfinite_before = 0.0  # non-finite losses counted before a checkpoint this run resumed from
 
     def settings(self) -> dict[str, Any]:
         """The method's settings, as checkpoints and the history's metadata record them."""
@@ -205,32 +218,39 @@ class Reweighter:
 
         Returns:
             ReweightedMicrobatch: the loss to backpropagate (``None``: keep the trainer's own), the history
-            record and the statistics; also kept as :attr:`last`.
+            record and the statistics; also kept, without the loss, as :attr:`last`.
         """
         r = self.current_r(progress)
+        device = losses.device.type
+        fused = self._fused_on.get(device)
+        if fused is None:
+            fused = self._fused_on[device] = resolve_fused(self.fused, device)
         out = reweight_microbatch(
             losses, tokens, strategy=self.strategy, r=r, delta=self.delta, active=self.is_active(progress),
-            token_normalize=self.token_normalize, capacity=capacity, sample_id=sample_id, domain=domain,
+            token_normalize=self.token_normalize, capacity=capacity, sample_id=sample_id, domain=domain, fused=fused,
         )
         self.metrics.add(out.stats, out.record.r, out.record.active)
-        self.last = out
+        self.last = ReweightedMicrobatch(None, out.record, out.stats)
         return out
 
     def reset_metrics(self) -> None:
         """Drop the statistics gathered since the last :meth:`report` (of microbatches a trainer abandoned)."""
         self.metrics = WeightMetrics()
 
-    def report(self) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
+    def report(self) -> tuple[MetricValues, dict[str, float]] | None:
         """The ``loss_reweighting/*`` metrics since the last report (:meth:`WeightMetrics.report`), or ``None``."""
         report = self.metrics.report()
-        if report is not None:  # a device tensor until a checkpoint asks
-            self._nonfinite_total = self._nonfinite_total + report[0][f'{METRIC_PREFIX}/nonfinite_losses']
+        if report is not None:  # device tensors until a checkpoint asks: the sum of the reports' vectors
+            self._reported.append(report[0].vector)
+            if len(self._reported) >= _FOLD_REPORTS:
+                self._reported = [torch.stack(self._reported).sum(0)]
         return report
 
     @property
     def nonfinite_total(self) -> int:
         """Non-finite per-sample losses reported since the start of training (synchronises)."""
-        return int(self._nonfinite_total)
+        reported = int(torch.stack(self._reported)[:, _NONFINITE].sum()) if self._reported else 0
+        return int(self._nonfinite_before) + reported
 
     def state_dict(self) -> dict[str, Any]:
         """The settings and the non-finite count, for a checkpoint (synchronises once)."""
@@ -247,4 +267,4 @@ class Reweighter:
                 ', '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in changed.items()),
                 stacklevel=3,
             )
-        self._nonfinite_total = float(state.get('nonfinite_total', 0))
+        self._nonfinite_before, self._reported = float(state.get('nonfinite_total', 0)), []

@@ -11,21 +11,34 @@ into the ``loss_reweighting/*`` metrics every adapter logs. The defaults of the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
 
 from reweigh.algorithms.constants import DEFAULT_TOKEN_NORMALIZE, METRIC_PREFIX
+from reweigh.algorithms.fused import Fused
 from reweigh.algorithms.gather import gather_global_batch, world_size
-from reweigh.algorithms.losses import reweighted_loss
-from reweigh.algorithms.weights import WeightStats, compute_sample_weights, token_normalize_weights, weight_stats
+from reweigh.algorithms.losses import weighted_loss
+from reweigh.algorithms.strategies import Strategy
+from reweigh.algorithms.weights import (
+    AVERAGED_STATS,
+    SUMMED_STATS,
+    WeightStats,
+    sample_weights,
+    token_normalize_weights,
+    validate_weight_args,
+    weight_stats,
+)
 
 __all__ = [
+    'MetricValues',
     'MicrobatchWeights',
     'ReweightedMicrobatch',
     'WeightMetrics',
     'reweight_microbatch',
     'scheduled_r',
+    'weigh_global_batch',
 ]
 
 
@@ -77,6 +90,76 @@ def scheduled_r(r: float, multiplier: float | None, when: str) -> float:
     return scheduled
 
 
+def weigh_global_batch(
+    losses: torch.Tensor,
+    tokens: torch.Tensor,
+    local_losses: torch.Tensor,
+    r: float | torch.Tensor,
+    *,
+    start: int,
+    strategy: Strategy,
+    delta: float,
+    token_normalize: bool,
+    active: bool,
+    world: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Everything the step computes after the all-gather, as one pure function of tensors (what ``fused`` compiles).
+
+    Args:
+        losses (torch.Tensor): ``(M,)`` the gathered float32 losses (:attr:`GlobalBatch.losses`).
+        tokens (torch.Tensor): ``(M,)`` their token counts, NaN in padding slots (:attr:`GlobalBatch.tokens`; a single
+            process without padding passes an integer tensor as it is).
+        local_losses (torch.Tensor): ``(n,)`` this rank's losses, detached, in the dtype of the loss to return.
+        r (float | torch.Tensor): Temperature in use.
+        start (int): Where this rank's samples start in ``losses``.
+        strategy (Strategy): The strategy function (``'uniform'``'s while not ``active``).
+        delta (float): Half-width of the loss normalisation interval.
+        token_normalize (bool): Fold token counts into the weights.
+        active (bool): Whether to compute the loss to backpropagate.
+        world (int): Data-parallel ranks.
+
+    Returns:
+        tuple: what :func:`~reweigh.algorithms.losses.weighted_loss` makes the loss ``world * sum_i w_i l_i`` over
+        this rank's samples with: its gradient with respect to them (``world * w_i``, in the dtype of
+        ``local_losses``) and the samples it leaves out (``w_i <= 0``), both ``None`` when not ``active``; this rank's
+        weights; and the global weights' statistics (:attr:`WeightStats.vector`).
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.step import weigh_global_batch
+        >>> from reweigh.algorithms.strategies import get_strategy
+        >>> losses = torch.tensor([1.0, 2.0, 3.0])
+        >>> grad, drop, weights, stats = weigh_global_batch(
+        ...     losses, torch.tensor([4.0, 4.0, 4.0]), losses, 1.0, start=0, strategy=get_strategy('linupper'), delta=1.0,
+        ...     token_normalize=False, active=True, world=1)
+        >>> [round(w, 3) for w in weights.tolist()], torch.equal(grad, weights), drop.tolist()
+        ([0.155, 0.422, 0.422], True, [False, False, False])
+    """
+    valid = ~torch.isnan(tokens)
+    weights = sample_weights(losses.float(), strategy, r, delta)
+    if token_normalize:
+        weights = token_normalize_weights(weights, torch.where(valid, tokens, 0.0))
+    local = weights[start:start + local_losses.shape[0]]
+    stats = weight_stats(weights, losses, valid).vector
+    if not active:
+        return None, None, local, stats
+    return world * local.to(local_losses.dtype), local <= 0, local, stats
+
+
+_FUSED_WEIGH = Fused(weigh_global_batch)
+""":func:`weigh_global_batch` compiled (one per process: its graphs are kept by their settings and input layouts)."""
+_TEMPERATURES: dict[torch.device, tuple[float, torch.Tensor]] = {}
+
+
+def _temperature(r: float, device: torch.device) -> torch.Tensor:
+    """``r`` as a 0-d tensor on ``device``, the compiled step's input: made there (a fill, not a copy from the host),
+    and kept while ``r`` stays the same."""
+    kept = _TEMPERATURES.get(device)
+    if kept is None or kept[0] != r:
+        kept = _TEMPERATURES[device] = (r, torch.full((), r, dtype=torch.float32, device=device))
+    return kept[1]
+
+
 def reweight_microbatch(
     losses: torch.Tensor,
     tokens: torch.Tensor,
@@ -89,14 +172,16 @@ def reweight_microbatch(
     capacity: int | None = None,
     sample_id: torch.Tensor | None = None,
     domain: torch.Tensor | None = None,
+    fused: bool = False,
 ) -> ReweightedMicrobatch:
     """Weigh one microbatch over all ranks: one all-gather, then the weights and the loss, with no host sync.
 
     The per-sample losses (and token counts) of every rank are gathered
     (:func:`~reweigh.algorithms.gather_global_batch`), weighted with ``strategy`` (``'uniform'`` while not
-    ``active``) and, with ``token_normalize``, the token counts folded in. When ``active`` the loss is
-    ``world_size * sum_i w_i l_i`` over this rank's samples, so that after data-parallel gradient averaging the
-    update is ``sum_i w_i grad(l_i)`` over the global microbatch; the weights are constants in the backward.
+    ``active``) and, with ``token_normalize``, the token counts folded in (:func:`weigh_global_batch`). When
+    ``active`` the loss is ``world_size * sum_i w_i l_i`` over this rank's samples, so that after data-parallel
+    gradient averaging the update is ``sum_i w_i grad(l_i)`` over the global microbatch; the weights are constants
+    in the backward (:func:`~reweigh.algorithms.losses.weighted_loss`).
 
     Args:
         losses (torch.Tensor): ``(n,)`` this rank's per-sample losses (with their graph when ``active``).
@@ -110,9 +195,14 @@ def reweight_microbatch(
             microbatch size). Default: ``n``.
         sample_id (torch.Tensor, optional): ``(n,)`` the samples' ids, kept in the record for the history.
         domain (torch.Tensor, optional): ``(n,)`` their domains, kept in the record.
+        fused (bool): Run :func:`weigh_global_batch` compiled, as one region (:mod:`reweigh.algorithms.fused`).
+            Default: ``False`` (eager).
 
     Returns:
         ReweightedMicrobatch: the loss (or ``None``), this rank's record and the weight statistics.
+
+    Raises:
+        ValueError: For an unknown strategy, or an ``r`` or ``delta`` that is not a finite number > 0.
 
     Example:
         >>> import torch
@@ -122,14 +212,47 @@ def reweight_microbatch(
         >>> [round(w, 3) for w in out.record.weights.tolist()], round(out.loss.item(), 3)
         ([0.155, 0.422, 0.422], 2.267)
     """
-    batch = gather_global_batch(losses, tokens, capacity)
-    weights = compute_sample_weights(batch.losses, strategy if active else 'uniform', r, delta)
-    if token_normalize:
-        weights = token_normalize_weights(weights, batch.tokens)
-    local = weights[batch.local]
-    loss = reweighted_loss(losses, local, world_size()) if active else None
-    record = MicrobatchWeights(losses.detach().float(), tokens, local, r, active, sample_id, domain)
-    return ReweightedMicrobatch(loss, record, weight_stats(weights, batch.losses, batch.valid))
+    fn = validate_weight_args(strategy if active else 'uniform', r, delta)
+    world = world_size()
+    detached = losses.detach()
+    batch = gather_global_batch(detached, tokens, capacity)
+    weigh, temperature = (_FUSED_WEIGH, _temperature(r, losses.device)) if fused else (weigh_global_batch, r)
+    grad, drop, local, stats = weigh(batch.losses, batch.tokens, detached, temperature, start=batch.local.start,
+                                     strategy=fn, delta=delta, token_normalize=token_normalize, active=active, world=world)
+    loss = weighted_loss(losses, grad, drop) if grad is not None and drop is not None else None
+    record = MicrobatchWeights(detached if detached.dtype == torch.float32 else detached.float(), tokens, local, r, active,
+                               sample_id, domain)
+    return ReweightedMicrobatch(loss, record, WeightStats(stats))
+
+
+class MetricValues(Mapping[str, torch.Tensor]):
+    """Metric names and their values, kept as one device vector; each value reads as a 0-d tensor.
+
+    A logger reads :attr:`vector` whole (one device-to-host copy); indexing by name is for tests and readers.
+    """
+
+    def __init__(self, names: tuple[str, ...], vector: torch.Tensor) -> None:
+        self.names = names
+        self.vector = vector
+        """``(len(names),)`` the values, in the order of :attr:`names`."""
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.vector[self.names.index(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+_METRIC_NAMES = tuple(f'{METRIC_PREFIX}/{name}' for name in (
+    'weight_entropy', 'ess', 'mean_loss', 'nonfinite_losses', 'weight_min', 'weight_max'))
+"""The metrics :meth:`WeightMetrics.report` makes of :attr:`WeightStats.vector`, in its order."""
+_FOLD_EVERY = 32
+"""Microbatches whose statistics :class:`WeightMetrics` keeps apart before it folds them into one vector."""
 
 
 class WeightMetrics:
@@ -137,8 +260,9 @@ class WeightMetrics:
 
     ``weight_entropy``, ``ess`` and ``mean_loss`` are averaged over the microbatches, ``weight_min`` and
     ``weight_max`` are their extremes, ``nonfinite_losses`` their sum; ``r`` and ``active`` the mean temperature
-    and share of reweighted microbatches (exactly the value when it did not change). Memory stays bounded however
-    rarely an adapter reports, and nothing waits for the device until the caller reads the tensors.
+    and share of reweighted microbatches (exactly the value when it did not change). Adding a microbatch dispatches
+    nothing to the device, nor does a report of one microbatch; a report of several is a few operators. Memory stays
+    bounded however rarely an adapter reports, and nothing waits for the device until the caller reads the tensors.
 
     Example:
         >>> import torch
@@ -159,8 +283,7 @@ class WeightMetrics:
         self._reset()
 
     def _reset(self) -> None:
-        self._sums: torch.Tensor | None = None  # entropy, ESS, mean loss, non-finite count
-        self._extremes: torch.Tensor | None = None  # -(smallest weight), largest weight
+        self._vectors: list[torch.Tensor] = []  # WeightStats.vector of each microbatch (or a fold of several)
         self._count = 0
         self._r_sum = 0.0
         self._r_values: set[float] = set()
@@ -168,34 +291,38 @@ class WeightMetrics:
 
     def add(self, stats: WeightStats, r: float, active: bool) -> None:
         """Add one microbatch's statistics."""
-        sums = torch.stack([stats.entropy, stats.ess, stats.mean_loss, stats.nonfinite])
-        extremes = torch.stack([-stats.min, stats.max])
-        if self._sums is None or self._extremes is None:
-            self._sums, self._extremes = sums, extremes
-        else:
-            self._sums, self._extremes = self._sums + sums, torch.maximum(self._extremes, extremes)
+        self._vectors.append(stats.vector)
+        if len(self._vectors) >= _FOLD_EVERY:
+            self._vectors = [_fold(self._vectors)]
         self._count += 1
         self._r_sum += r
         if len(self._r_values) < 2:
             self._r_values.add(r)
         self._active_count += active
 
-    def report(self) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
-        """The metrics since the last report as 0-d device tensors and Python floats, and start anew.
+    def report(self) -> tuple[MetricValues, dict[str, float]] | None:
+        """The metrics since the last report as 0-d device tensors (one vector, :class:`MetricValues`) and Python
+        floats, and start anew.
 
         Returns ``None`` when no microbatch was added.
         """
-        if self._sums is None or self._extremes is None:
+        if not self._vectors:
             return None
         count = self._count
-        entropy, ess, mean_loss, nonfinite = self._sums
-        neg_min, max_ = self._extremes
-        tensors = {
-            'weight_entropy': entropy / count, 'ess': ess / count, 'weight_min': -neg_min, 'weight_max': max_,
-            'nonfinite_losses': nonfinite, 'mean_loss': mean_loss / count,
-        }
+        values = _fold(self._vectors)
+        if count > 1:  # one microbatch's statistics are its metrics as they are
+            averaged = torch.arange(values.shape[0], device=values.device) < AVERAGED_STATS  # made there: no copy
+            values = torch.where(averaged, values / count, values)
         r = next(iter(self._r_values)) if len(self._r_values) == 1 else self._r_sum / count
-        scalars = {'r': r, 'active': self._active_count / count}
+        scalars = {f'{METRIC_PREFIX}/r': r, f'{METRIC_PREFIX}/active': self._active_count / count}
         self._reset()
-        return ({f'{METRIC_PREFIX}/{k}': v for k, v in tensors.items()},
-                {f'{METRIC_PREFIX}/{k}': v for k, v in scalars.items()})
+        return MetricValues(_METRIC_NAMES, values), scalars
+
+
+def _fold(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Statistics vectors of several microbatches as one: the summed fields added up, the minimum and maximum kept."""
+    if len(vectors) == 1:
+        return vectors[0]
+    stacked = torch.stack(vectors)
+    low, high = SUMMED_STATS, SUMMED_STATS + 1
+    return torch.cat([stacked[:, :low].sum(0), stacked[:, low:high].amin(0), stacked[:, high:].amax(0)])

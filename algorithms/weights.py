@@ -7,7 +7,6 @@ step on any device: no ``.item()``, no data-dependent Python branches, no boolea
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
@@ -15,9 +14,13 @@ from reweigh.algorithms.constants import DEFAULT_DELTA, DEFAULT_R, DEFAULT_STRAT
 from reweigh.algorithms.strategies import Strategy, get_strategy
 
 __all__ = [
+    'AVERAGED_STATS',
+    'STAT_FIELDS',
+    'SUMMED_STATS',
     'WeightStats',
     'compute_sample_weights',
     'normalize_losses',
+    'sample_weights',
     'token_normalize_weights',
     'validate_weight_args',
     'weight_stats',
@@ -116,13 +119,26 @@ def compute_sample_weights(
         raise ValueError(f'losses must be a floating-point tensor, got dtype {losses.dtype}.')
 
     with torch.no_grad():
-        losses = losses.detach().float()
-        finite = torch.isfinite(losses)
-        f = fn(normalize_losses(losses, delta, finite), delta).float()
-        f = torch.where(finite, f, -math.inf)
-        g = torch.exp((f - f.amax()) / r)
-        g = torch.where(finite.any(), g, torch.ones_like(g))
-        return g / g.sum()
+        return sample_weights(losses.detach().float(), fn, r, delta)
+
+
+def sample_weights(losses: torch.Tensor, fn: Strategy, r: float | torch.Tensor, delta: float) -> torch.Tensor:
+    """:func:`compute_sample_weights` without the checks: float32 ``losses``, the strategy function itself, and ``r``
+    as a number or a 0-d tensor (so a compiled caller does not recompile when a schedule changes it).
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.strategies import get_strategy
+        >>> from reweigh.algorithms.weights import sample_weights
+        >>> sample_weights(torch.tensor([1.0, float('nan')]), get_strategy('linupper'), torch.tensor(1.0), 1.0)
+        tensor([1., 0.])
+    """
+    finite = torch.isfinite(losses)
+    f = fn(normalize_losses(losses, delta, finite), delta).float()
+    f = torch.where(finite, f, -math.inf)
+    g = torch.exp((f - f.amax()) / r)
+    g = torch.where(finite.any(), g, torch.ones_like(g))
+    return g / g.sum()
 
 
 def token_normalize_weights(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -149,20 +165,35 @@ def token_normalize_weights(weights: torch.Tensor, tokens: torch.Tensor) -> torc
     return torch.where(total > 0, scaled / total.clamp(min=torch.finfo(torch.float32).tiny), weights.float())
 
 
-class WeightStats(NamedTuple):
-    """Summary of one weight vector, as 0-d float32 tensors (no host sync)."""
-    entropy: torch.Tensor
-    """Shannon entropy of the weights, in nats (``log N`` when uniform)."""
-    ess: torch.Tensor
-    """Effective sample size ``1 / sum w^2`` divided by the number of samples (1 when uniform)."""
-    min: torch.Tensor
-    """Smallest weight among samples with a finite loss."""
-    max: torch.Tensor
-    """Largest weight."""
-    nonfinite: torch.Tensor
-    """Number of samples whose loss was NaN or inf."""
-    mean_loss: torch.Tensor
-    """Plain (unweighted) mean of the finite losses: the loss uniform training would report."""
+class WeightStats:
+    """Summary of one weight vector: six float32 values in one device tensor (no host sync), read as 0-d tensors.
+
+    :attr:`vector` holds, in :data:`STAT_FIELDS` order, the values that add up over microbatches (the first
+    :data:`AVERAGED_STATS` of them are averaged when reported), then the smallest and the largest weight.
+    """
+
+    __slots__ = ('vector',)
+
+    def __init__(self, vector: torch.Tensor) -> None:
+        self.vector = vector
+        """``(6,)`` entropy, ESS, mean loss, non-finite count, the smallest weight, the largest weight."""
+
+    entropy = property(lambda self: self.vector[0], doc='Shannon entropy of the weights, in nats (``log N`` when uniform).')
+    ess = property(lambda self: self.vector[1],
+                   doc='Effective sample size ``1 / sum w^2`` divided by the number of samples (1 when uniform).')
+    mean_loss = property(lambda self: self.vector[2],
+                         doc='Plain (unweighted) mean of the finite losses: the loss uniform training would report.')
+    nonfinite = property(lambda self: self.vector[3], doc='Number of samples whose loss was NaN or inf.')
+    min = property(lambda self: self.vector[4], doc='Smallest weight among samples with a finite loss.')
+    max = property(lambda self: self.vector[5], doc='Largest weight.')
+
+
+STAT_FIELDS = ('entropy', 'ess', 'mean_loss', 'nonfinite', 'min', 'max')
+"""The layout of :attr:`WeightStats.vector`."""
+SUMMED_STATS = 4
+"""The first fields of :data:`STAT_FIELDS` add up over microbatches; the minimum and maximum follow."""
+AVERAGED_STATS = 3
+"""Of the summed fields, these first ones are reported as means over the microbatches."""
 
 
 def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor | None = None) -> WeightStats:
@@ -194,4 +225,4 @@ def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tenso
     w_max = torch.where(valid, w, -math.inf).amax()
     nonfinite = (valid & ~finite).sum().float()
     mean_loss = torch.where(finite, losses.float(), 0.0).sum() / finite.sum().clamp(min=1)
-    return WeightStats(entropy, ess, w_min, w_max, nonfinite, mean_loss)
+    return WeightStats(torch.stack([entropy, ess, mean_loss, nonfinite, w_min, w_max]))

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from olmo_core.distributed.utils import get_rank, get_world_size
@@ -127,6 +127,8 @@ class ReweighTrainModule(TransformerTrainModule):
             ``'1000000tok'``, ``'1ep'``, ``'0.05dur'``. Default: ``1000`` steps.
         r_schedule (Callable, optional): Multiplier on ``r``, called with the step's ``Progress``.
         token_normalize (bool): Fold token counts into the weights. Default: ``False`` (sample-mean).
+        fused (bool | str): Compile the step after the all-gather into one region (:mod:`reweigh.algorithms.fused`):
+            ``True``, ``False``, or ``'auto'`` (on CUDA). Default: ``'auto'``.
         domain_key (str): The key of an instance's ``metadata`` that names its domain. Default: ``'domain'``.
         domains (list[str], optional): Domain names by index, for names in the metadata and the history's metadata.
         **kwargs: Keyword arguments of ``TransformerTrainModule``.
@@ -160,11 +162,12 @@ class ReweighTrainModule(TransformerTrainModule):
         warmup: str | int = DEFAULT_WARMUP_STEPS,
         r_schedule: Callable[[Progress], float] | None = None,
         token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
+        fused: bool | Literal['auto'] = 'auto',
         domain_key: str = 'domain',
         domains: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.reweighter = Reweighter(strategy, r, delta, warmup, r_schedule, token_normalize)
+        self.reweighter = Reweighter(strategy, r, delta, warmup, r_schedule, token_normalize, fused)
         """The framework-free core this module drives (settings, step, metrics)."""
         split = [name for name in ('tp_config', 'cp_config') if kwargs.get(name) is not None]
         if split:  # the data-parallel group would be smaller than the default process group the core gathers over
@@ -275,6 +278,7 @@ class ReweighTrainModuleConfig(TransformerTrainModuleConfig):
     delta: float = DEFAULT_DELTA
     warmup: str | int = DEFAULT_WARMUP_STEPS
     token_normalize: bool = DEFAULT_TOKEN_NORMALIZE
+    fused: bool | str = 'auto'
     domain_key: str = 'domain'
     domains: list[str] | None = None
 

@@ -32,7 +32,7 @@ import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -82,6 +82,8 @@ class ReweightingConfig:
     ``'0.05dur'`` (of ``training.steps``)."""
     token_normalize: bool = DEFAULT_TOKEN_NORMALIZE
     """Fold token counts into the weights, so that uniform weights give the token-mean loss."""
+    fused: bool | Literal['auto'] = 'auto'
+    """Compile the step after the all-gather into one region: ``'auto'`` (on CUDA), ``True`` or ``False``."""
     history_folder: str | None = None
     """Write every training sample's loss and weight per step there (one ``rank{N}`` folder per process, the format of
     :mod:`reweigh.history`); ``None``: no history."""
@@ -95,7 +97,8 @@ class ReweightingConfig:
             ValueError: For an unknown strategy, non-positive ``r`` or ``delta``, a bad ``warmup`` or a non-callable
                 ``r_schedule``.
         """
-        return Reweighter(self.strategy, self.r, self.delta, self.warmup, self.r_schedule, self.token_normalize)
+        return Reweighter(self.strategy, self.r, self.delta, self.warmup, self.r_schedule, self.token_normalize,
+                         self.fused)
 
     def to_dict(self) -> dict[str, Any]:
         """The section as torchtitan's config dumps and metric loggers record it (``r_schedule`` by its ``repr``)."""
@@ -255,8 +258,7 @@ class ReweighTrainer(Trainer):
         report = self.reweighter.report()
         if report is not None:
             tensors, scalars = report
-            names = list(tensors)
-            metrics = dict(zip(names, torch.stack([tensors[k] for k in names]).tolist()))  # one device read per log
+            metrics = dict(zip(tensors.names, tensors.vector.tolist()))  # one device read per log
             metrics.update(scalars)
             self.metrics_processor.logger.log(metrics, self.step)
             logger.info(f'step: {self.step:2}  ' + '  '.join(f'{k}: {v:.4g}' for k, v in metrics.items()))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import transformers
@@ -99,6 +99,8 @@ class ReweighTrainer(transformers.Trainer):
             ``state.global_step``, e.g. ``lambda step: max(1.0, 10.0 - step / 200)``. Default: constant ``r``.
         token_normalize (bool): Fold token counts into the weights (``w_i n_i / sum w_j n_j``), so that
             uniform weights give the token-mean loss. Default: ``False`` (sample-mean).
+        fused (bool | str): Compile the step after the all-gather into one region (:mod:`reweigh.algorithms.fused`):
+            ``True``, ``False``, or ``'auto'`` (on CUDA). Default: ``'auto'``.
         history_folder (str | os.PathLike, optional): Write every training sample's loss and weight per
             step there, one ``rank{N}`` folder per process (N the global process index), in the format of
             :mod:`reweigh.history`. Parts are written at each log, each checkpoint and the end of ``train()``;
@@ -129,6 +131,7 @@ class ReweighTrainer(transformers.Trainer):
         warmup: int = DEFAULT_WARMUP_STEPS,
         r_schedule: Callable[[int], float] | None = None,
         token_normalize: bool = DEFAULT_TOKEN_NORMALIZE,
+        fused: bool | Literal['auto'] = 'auto',
         history_folder: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
@@ -136,7 +139,7 @@ class ReweighTrainer(transformers.Trainer):
             raise ValueError(f'warmup must be a number of optimizer steps >= 0, got {warmup!r}.')
         if r_schedule is not None and not callable(r_schedule):
             raise ValueError(f'r_schedule must be a callable of the global step, got {r_schedule!r}.')
-        reweighter = Reweighter(strategy, r, delta, warmup, r_schedule, token_normalize)
+        reweighter = Reweighter(strategy, r, delta, warmup, r_schedule, token_normalize, fused)
         super().__init__(*args, **kwargs)
         if strategy != 'uniform' and (self.compute_loss_func is not None or self.label_smoother is not None):
             raise ValueError(
@@ -233,8 +236,7 @@ class ReweighTrainer(transformers.Trainer):
         report = self.reweighter.report()
         if report is not None:
             tensors, scalars = report
-            names = list(tensors)
-            logs.update(zip(names, torch.stack([tensors[k] for k in names]).tolist()))  # one device read per log
+            logs.update(zip(tensors.names, tensors.vector.tolist()))  # one device read per log
             logs.update(scalars)
         if self._history is not None:
             self._history.flush(wait=False)

@@ -8,11 +8,19 @@ that machine noise hits every arm alike):
 * ``hf-plain``: Composer's HuggingFaceModel without the algorithm (Hugging Face computes the loss).
 * ``generic``: HuggingFaceModel + LossReweighting (per-sample losses from the logits: one more pass).
 * ``history``: ``fast`` plus the LossHistory recorder (Parquet parts every 50 batches, in a temp dir).
+* ``eager``, ``fused``: ``fast`` with the step after the all-gather run eagerly or compiled (``fused=False``/``True``;
+  ``fast`` is ``fused='auto'``: compiled on CUDA, eager on CPU).
+* ``baseline``: ``fast`` with ``LossReweighting`` as it was at git revision ``--baseline-rev`` (its ``algorithms/``
+  extracted into a temporary package), to compare a change against the code before it in one run.
 * ``naive``: HuggingFaceModel + the paper's public-code recipe (a second cross-entropy pass over a
   shifted *copy* of the logits, and a ``.item()`` host sync every step), for comparison.
 * ``materialized``, ``chunked``, ``cce``: ``fast`` with that ``loss_impl`` forced (``plain``, ``fast`` and
   ``history`` use ``--loss-impl``, default ``auto``: ``chunked`` on CPU, ``cce`` on CUDA where installed).
   Their baseline is ``hf-plain``: what a Hugging Face user trains with today.
+
+``--count-ops`` also profiles three steps of each arm with reweighting (``torch.profiler``) and reports the
+operators ``LossReweighting.apply`` dispatches per step (top-level ``aten`` ops, those of a compiled region's
+wrapper included) and, on CUDA, the kernels they launch.
 
 Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
 and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START``
@@ -24,6 +32,7 @@ that arm for 3 steps, minus its resident set size just before training.
 
 Examples:
     python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
+    python scripts/bench_step_overhead.py --arms plain baseline eager fused --baseline-rev 4c0e6fa --count-ops
     python scripts/bench_step_overhead.py --arms hf-plain materialized fast --vocab 128256 --seq 1024 --batch 4 \
         --width 256 --heads 4 --steps 2 --rounds 10 --warmup-steps 1 --cpu-memory
 """
@@ -39,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from composer import Trainer
@@ -72,21 +82,75 @@ class NaiveReweighting(Algorithm):
         state.loss = (weights * losses).sum()
 
 
-class TimedLossReweighting(LossReweighting):
-    """LossReweighting that also accumulates the wall time spent in its own ``apply`` per batch."""
+def timed(algorithm: type[Algorithm]) -> type[Algorithm]:
+    """``algorithm`` (a LossReweighting class) that also accumulates the wall time spent in its own ``apply`` per
+    batch, and names its work ``reweigh::apply`` for the profiler while ``profiled``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.per_batch: list[float] = []
-        self._acc = 0.0
+    class Timed(algorithm):  # type: ignore[misc, valid-type]
 
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        start = time.perf_counter()
-        super().apply(event, state, logger)
-        self._acc += time.perf_counter() - start
-        if event == Event.BATCH_END:
-            self.per_batch.append(self._acc)
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.per_batch: list[float] = []
+            self.profiled = False
             self._acc = 0.0
+
+        def apply(self, event: Event, state: State, logger: Logger) -> None:
+            start = time.perf_counter()
+            if self.profiled:  # record_function costs host time itself: only while counting
+                with torch.profiler.record_function('reweigh::apply'):
+                    super().apply(event, state, logger)
+            else:
+                super().apply(event, state, logger)
+            self._acc += time.perf_counter() - start
+            if event == Event.BATCH_END:
+                self.per_batch.append(self._acc)
+                self._acc = 0.0
+
+    return Timed
+
+
+def baseline_algorithm(rev: str) -> type[Algorithm]:
+    """``LossReweighting`` as it was at git revision ``rev``: its ``algorithms/`` folder, extracted into a temporary
+    package ``reweigh_baseline`` whose imports of ``reweigh.algorithms`` point at itself."""
+    root = Path(tempfile.mkdtemp(prefix='reweigh-baseline-'))
+    package = root / 'reweigh_baseline'
+    package.mkdir()
+    (package / '__init__.py').write_text('')
+    archive = subprocess.run(['git', 'archive', rev, 'algorithms'], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(package)], input=archive, check=True)
+    for path in (package / 'algorithms').glob('*.py'):
+        path.write_text(path.read_text().replace('reweigh.algorithms', 'reweigh_baseline.algorithms'))
+    sys.path.insert(0, str(root))
+    from reweigh_baseline.algorithms.loss_reweighting import LossReweighting as Baseline
+
+    return Baseline
+
+
+def count_ops(trainer: Trainer, device: str) -> tuple[float, float]:
+    """Top-level ``aten`` operators, and kernels on CUDA, dispatched inside ``reweigh::apply`` per step (3 steps)."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == 'gpu' else [])
+    timed = [a for a in trainer.state.algorithms if hasattr(a, 'per_batch')]
+    for algorithm in timed:
+        algorithm.profiled = True
+    with torch.profiler.profile(activities=activities) as prof:
+        trainer.fit(duration='3ba')
+    ops = kernels = 0
+
+    def walk(event, inside: bool, in_op: bool) -> None:
+        nonlocal ops, kernels
+        inside = inside or event.name == 'reweigh::apply'
+        is_op = event.name.startswith('aten::')
+        if inside:
+            ops += is_op and not in_op  # an operator's own sub-operators are part of it
+            kernels += len(event.kernels)
+        for child in event.cpu_children:
+            walk(child, inside, in_op or is_op)
+
+    for event in prof.events():
+        if event.cpu_parent is None:
+            walk(event, False, False)
+    return ops / 3, kernels / 3
 
 
 class StepTimer(Callback):
@@ -120,8 +184,9 @@ class RandomTokens(Dataset):
         return {'input_ids': self.ids[i], 'labels': self.ids[i], 'sample_id': torch.tensor(i), 'domain': torch.tensor(i % 3)}
 
 
-ARMS = ('plain', 'fast', 'history', 'hf-plain', 'generic', 'naive', 'materialized', 'chunked', 'cce')
-BASELINE = {arm: 'plain' for arm in ('plain', 'fast', 'history')} | {
+ARMS = ('plain', 'fast', 'eager', 'fused', 'baseline', 'history', 'hf-plain', 'generic', 'naive', 'materialized', 'chunked',
+        'cce')
+BASELINE = {arm: 'plain' for arm in ('plain', 'fast', 'eager', 'fused', 'baseline', 'history')} | {
     arm: 'hf-plain' for arm in ('hf-plain', 'generic', 'naive', 'materialized', 'chunked', 'cce')
 }
 
@@ -140,7 +205,11 @@ def build_arm(arm: str, args: argparse.Namespace, device: str) -> tuple[Trainer,
         'plain': [],
         'hf-plain': [],
         'naive': [NaiveReweighting()],
-    }.get(arm, [TimedLossReweighting('linupper', warmup=0)])
+    }.get(arm)
+    if algorithms is None:
+        fused = {'eager': {'fused': False}, 'fused': {'fused': True}}.get(arm, {})
+        algorithm = timed(baseline_algorithm(args.baseline_rev)) if arm == 'baseline' else timed(LossReweighting)
+        algorithms = [algorithm('linupper', warmup=0, **fused)]
     timer = StepTimer()
     callbacks: list[Callback] = [timer]
     if arm == 'history':
@@ -187,12 +256,16 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--loss-impl', default='auto', help='loss_impl of the plain/fast/history arms (default auto)')
     parser.add_argument('--precision', help='Composer precision (default: amp_bf16 on GPU, fp32 on CPU)')
+    parser.add_argument('--baseline-rev', help='git revision whose LossReweighting the baseline arm runs')
+    parser.add_argument('--count-ops', action='store_true', help='also count the operators LossReweighting.apply dispatches')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cpu-memory', action='store_true', help='also measure each arm\'s peak RSS in its own process')
     parser.add_argument('--peak-rss-of', choices=ARMS, help=argparse.SUPPRESS)  # the child of --cpu-memory
     args = parser.parse_args()
     if args.arms is None:
-        args.arms = [arm for arm in ARMS if arm != 'cce' or args.device == 'gpu']
+        args.arms = [arm for arm in ARMS if (arm != 'cce' or args.device == 'gpu') and (arm != 'baseline' or args.baseline_rev)]
+    if 'baseline' in args.arms and not args.baseline_rev:
+        parser.error('the baseline arm needs --baseline-rev')
 
     if args.peak_rss_of:
         trainer, _ = build_arm(args.peak_rss_of, args, 'cpu')
@@ -208,7 +281,7 @@ def main() -> None:
     for trainer, timer in arms.values():
         timer.times.clear()
         for algorithm in trainer.state.algorithms:
-            if isinstance(algorithm, TimedLossReweighting):
+            if hasattr(algorithm, 'per_batch'):
                 algorithm.per_batch.clear()
     order = list(arms)
     for round_index in range(args.rounds):
@@ -226,6 +299,7 @@ def main() -> None:
     if args.cpu_memory and args.device == 'cpu':
         model_args = [f'--{k}={getattr(args, k)}' for k in ('layers', 'width', 'heads', 'vocab', 'seq', 'batch')]
         model_args += [f'--loss-impl={args.loss_impl}'] + ([f'--precision={args.precision}'] if args.precision else [])
+        model_args += [f'--baseline-rev={args.baseline_rev}'] if args.baseline_rev else []
         for arm in arms:
             out = subprocess.run(
                 [sys.executable, __file__, '--peak-rss-of', arm, '--rounds', '1', '--warmup-steps', '0', *model_args],
@@ -234,6 +308,14 @@ def main() -> None:
             peak[arm] = float(out.rsplit('rss_growth_mib=', 1)[1])
 
     medians = {arm: statistics.median(timer.times) * 1e3 for arm, (_, timer) in arms.items()}
+    steps = {arm: len(timer.times) for arm, (_, timer) in arms.items()}
+    apply_ms = {arm: statistics.median(a.per_batch) * 1e3 for arm, (trainer, _) in arms.items()
+                for a in trainer.state.algorithms if hasattr(a, 'per_batch')}
+    counts: dict[str, tuple[float, float]] = {}
+    if args.count_ops:  # after the timing: the profiled steps are not among the timed ones
+        for arm in apply_ms:
+            counts[arm] = count_ops(arms[arm][0], args.device)
+
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
     print(
         f'device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, '
@@ -245,25 +327,29 @@ def main() -> None:
     )
     print(
         '| arm | steps timed | median step (ms) | vs baseline | baseline | in LossReweighting.apply (ms/step) |' +
-        ((' GPU memory growth MiB |' if args.device == 'gpu' else ' RSS growth MiB |') if peak else ''),
+        ((' GPU memory growth MiB |' if args.device == 'gpu' else ' RSS growth MiB |') if peak else '') +
+        ((' ops in apply per step |' + (' kernels |' if args.device == 'gpu' else '')) if counts else ''),
     )
-    print('|---|---|---|---|---|---|' + ('---|' if peak else ''))
+    count_columns = (2 if args.device == 'gpu' else 1) if counts else 0
+    print('|---|---|---|---|---|---|' + ('---|' if peak else '') + '---|' * count_columns)
     rows = []
-    for arm, (trainer, timer) in arms.items():
+    for arm in arms:
         ref = BASELINE[arm]
         ratio = medians[arm] / medians[ref] if ref in medians else float('nan')
-        timed = [a for a in trainer.state.algorithms if isinstance(a, TimedLossReweighting)]
-        apply_ms = statistics.median(timed[0].per_batch) * 1e3 if timed else float('nan')
         row = {
-            'arm': arm, 'steps': len(timer.times), 'median_ms': medians[arm], 'ratio': ratio, 'baseline': ref,
-            'apply_ms': apply_ms,
+            'arm': arm, 'steps': steps[arm], 'median_ms': medians[arm], 'ratio': ratio, 'baseline': ref,
+            'apply_ms': apply_ms.get(arm, float('nan')),
         }
         if peak:
             row['growth_mib'] = peak[arm]
+        ops, kernels = counts.get(arm, (float('nan'), float('nan')))
+        if counts:
+            row['ops'], row['kernels'] = ops, kernels
         rows.append(row)
         print(
-            f"| {arm} | {len(timer.times)} | {medians[arm]:.2f} | {ratio:.4f} | {ref} | "
-            f"{'-' if not timed else f'{apply_ms:.3f}'} |" + (f" {peak[arm]:.0f} |" if peak else ''),
+            f"| {arm} | {steps[arm]} | {medians[arm]:.2f} | {ratio:.4f} | {ref} | "
+            f"{f'{apply_ms[arm]:.3f}' if arm in apply_ms else '-'} |" + (f" {peak[arm]:.0f} |" if peak else '') +
+            ((f' {ops:.0f} |' + (f' {kernels:.0f} |' if args.device == 'gpu' else '')) if counts else ''),
         )
     if args.json:
         with open(args.json, 'w') as f:

@@ -319,11 +319,11 @@ class IdDataset(TokenDataset):
 
 def train(
     history: Path, extra: list[Algorithm] | None = None, batch_size: int = 8, microbatch: int = 4, max_duration: str = '4ba',
-    loss_impl: str = 'auto', forward: bool = False,
+    loss_impl: str = 'auto', forward: bool = False, fused: bool = False,
 ) -> tuple[SyncDetector, LossReweighting, LossHistory]:
     """Train ``tiny_gpt2`` with LossReweighting (past warm-up) and LossHistory under a detector (window: :class:`SyncWindow`)."""
     detector = SyncDetector()
-    reweighting = LossReweighting(**ALGORITHM)
+    reweighting = LossReweighting(**ALGORITHM, fused=fused)
     loss_history = LossHistory(folder=str(history), flush_interval='2ba')
     dataset = IdDataset()
     sampler = dist.get_sampler(dataset, shuffle=False) if dist.get_world_size() > 1 else None
@@ -358,6 +358,33 @@ def test_training_path_never_syncs(tmp_path: Path, loss_impl: str, window: str) 
     assert detector.records, 'the detector saw nothing in the window, not even Composer\'s own loss read'
     if syncs := detector.plugin_syncs():
         pytest.fail('host-device syncs in reweigh code:\n' + report(syncs))
+
+
+def test_the_fused_step_never_syncs(tmp_path: Path) -> None:
+    """``fused=True``: under the detector (a ``TorchDispatchMode``) the fused step runs its function op by op
+    (``Fused``), so every op the compiled region is made of is checked; the graph itself is checked below."""
+    detector, reweighting, _ = train(tmp_path / 'history', fused=True)
+
+    assert reweighting.last_microbatch is not None and reweighting.last_microbatch.active, 'reweighting never ran'
+    if syncs := detector.plugin_syncs():
+        pytest.fail('host-device syncs in reweigh code:\n' + report(syncs))
+
+
+@pytest.mark.parametrize('strategy', ['uniform', 'linupper', 'quadratic', 'extremes', 'upper'])
+@pytest.mark.parametrize('token_normalize', [False, True])
+def test_the_compiled_step_has_no_operator_that_syncs(strategy: str, token_normalize: bool) -> None:
+    """The graph ``Fused`` compiles, traced as it traces it (padding, two ranks' slots), holds no op that reads a
+    device value on the host."""
+    from reweigh.algorithms.step import _FUSED_WEIGH
+    from reweigh.algorithms.strategies import get_strategy
+
+    losses = torch.tensor([1.0, float('nan'), 3.0, 2.0, 0.5, float('nan')])
+    tokens = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0, float('nan')])
+    graph = _FUSED_WEIGH.trace(losses, tokens, losses[3:5], torch.tensor(0.7), start=3, strategy=get_strategy(strategy),
+                               delta=1.0, token_normalize=token_normalize, active=True, world=2)
+    ops = {node.target.overloadpacket.__name__ for node in graph.graph.nodes if node.op == 'call_function'
+           and hasattr(node.target, 'overloadpacket')}
+    assert ops and not ops & (ALWAYS_SYNC | BOOL_INDEX | {'repeat_interleave', '_to_copy', 'copy_'}), sorted(ops)
 
 
 @pytest.mark.skipif(composer.__version__ != '0.32.1', reason='the list of Composer\'s own syncs is for Composer 0.32.1')

@@ -106,6 +106,7 @@ def build_algorithms(cfg: Any) -> list[Algorithm]:
             warmup=lr_cfg.warmup,
             r_schedule=schedule,
             token_normalize=lr_cfg.token_normalize,
+            fused=lr_cfg.fused,
         ),
     ]
 

@@ -138,6 +138,9 @@ class LossReweightingConfig:
     warmup: str = f'{DEFAULT_WARMUP_STEPS}ba'
     token_normalize: bool = DEFAULT_TOKEN_NORMALIZE
     r_schedule: Optional[RScheduleConfig] = None
+    fused: Any = 'auto'
+    """Compile the step after the all-gather into one region: ``auto`` (on CUDA), ``true`` or ``false``. Its results
+    equal the eager step's up to float rounding, so two runs that differ in it are two arms."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import pytest
 import torch
@@ -125,10 +126,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_of_unequal_microbatch_sizes_use_the_global_weights(tmp_path):
-    from lm_helpers import free_port
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
-    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method='spawn')
+
+def test_two_ranks_of_unequal_microbatch_sizes_use_the_global_weights(tmp_path):
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method='spawn')
     results = [torch.load(tmp_path / f'{rank}.pt') for rank in range(WORLD)]
     single = compute_sample_weights(torch.tensor(LOSSES), 'linupper', 0.7)
     assert all(r['compiled'] for r in results)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -33,15 +32,10 @@ class DeferredMetrics:
     def __init__(self) -> None:
         self._pending: _Pending | None = None
 
-    def push(self, step: int, tensors: Mapping[str, torch.Tensor], extra: dict[str, float], logger: Logger) -> None:
-        """Queue this step's metrics and log the previous step's (a :class:`~reweigh.algorithms.step.MetricValues`
-        is taken as the vector it holds)."""
+    def push(self, step: int, tensors: MetricValues, extra: dict[str, float], logger: Logger) -> None:
+        """Queue this step's metrics (the core's report: one vector) and log the previous step's."""
         self.flush(logger)
-        if isinstance(tensors, MetricValues):
-            names, values = tensors.names, tensors.vector.detach().float()
-        else:
-            names = tuple(tensors)
-            values = torch.stack([tensors[k].detach().float().reshape(()) for k in names])
+        names, values = tensors.names, tensors.vector.detach().float()
         if values.is_cuda:
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             host.copy_(values, non_blocking=True)

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-__all__ = ['GlobalBatch', 'gather_global_batch', 'world_size']
+__all__ = ['GlobalBatch', 'gather_global_batch', 'real_slots', 'world_size']
 
 
 def world_size() -> int:
@@ -28,8 +28,20 @@ class GlobalBatch(NamedTuple):
 
     @property
     def valid(self) -> torch.Tensor:
-        """``(world * capacity,)`` bool, ``False`` for padding slots."""
-        return ~torch.isnan(self.tokens.float())
+        """``(world * capacity,)`` bool, ``False`` for padding slots (:func:`real_slots`)."""
+        return real_slots(self.tokens)
+
+
+def real_slots(tokens: torch.Tensor) -> torch.Tensor:
+    """Which slots of gathered token counts hold a sample: padding carries a NaN count (an integer tensor has none).
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.gather import real_slots
+        >>> real_slots(torch.tensor([3.0, float('nan')])).tolist()
+        [True, False]
+    """
+    return ~torch.isnan(tokens)
 
 
 def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: int | None = None) -> GlobalBatch:

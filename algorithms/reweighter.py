@@ -39,7 +39,14 @@ from reweigh.algorithms.constants import (
     DEFAULT_WARMUP_STEPS,
 )
 from reweigh.algorithms.fused import resolve_fused
-from reweigh.algorithms.step import MetricValues, ReweightedMicrobatch, WeightMetrics, reweight_microbatch, scheduled_r
+from reweigh.algorithms.step import (
+    MetricValues,
+    ReweightedMicrobatch,
+    WeightMetrics,
+    fold_stats,
+    reweight_microbatch,
+    scheduled_r,
+)
 from reweigh.algorithms.weights import STAT_FIELDS, validate_weight_args
 
 __all__ = ['WARMUP_UNITS', 'Progress', 'Reweighter', 'Warmup', 'parse_warmup_string']
@@ -243,13 +250,13 @@ class Reweighter:
         if report is not None:  # device tensors until a checkpoint asks: the sum of the reports' vectors
             self._reported.append(report[0].vector)
             if len(self._reported) >= _FOLD_REPORTS:
-                self._reported = [torch.stack(self._reported).sum(0)]
+                self._reported = [fold_stats(self._reported)]
         return report
 
     @property
     def nonfinite_total(self) -> int:
         """Non-finite per-sample losses reported since the start of training (synchronises)."""
-        reported = int(torch.stack(self._reported)[:, _NONFINITE].sum()) if self._reported else 0
+        reported = int(fold_stats(self._reported)[_NONFINITE]) if self._reported else 0
         return int(self._nonfinite_before) + reported
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,11 +18,12 @@ import torch
 
 from reweigh.algorithms.constants import DEFAULT_TOKEN_NORMALIZE, METRIC_PREFIX
 from reweigh.algorithms.fused import Fused
-from reweigh.algorithms.gather import gather_global_batch, world_size
+from reweigh.algorithms.gather import gather_global_batch, real_slots, world_size
 from reweigh.algorithms.losses import weighted_loss
 from reweigh.algorithms.strategies import Strategy
 from reweigh.algorithms.weights import (
     AVERAGED_STATS,
+    STAT_FIELDS,
     SUMMED_STATS,
     WeightStats,
     sample_weights,
@@ -36,6 +37,7 @@ __all__ = [
     'MicrobatchWeights',
     'ReweightedMicrobatch',
     'WeightMetrics',
+    'fold_stats',
     'reweight_microbatch',
     'scheduled_r',
     'weigh_global_batch',
@@ -135,7 +137,7 @@ def weigh_global_batch(
         >>> [round(w, 3) for w in weights.tolist()], torch.equal(grad, weights), drop.tolist()
         ([0.155, 0.422, 0.422], True, [False, False, False])
     """
-    valid = ~torch.isnan(tokens)
+    valid = real_slots(tokens)
     weights = sample_weights(losses.float(), strategy, r, delta)
     if token_normalize:
         weights = token_normalize_weights(weights, torch.where(valid, tokens, 0.0))
@@ -248,8 +250,9 @@ class MetricValues(Mapping[str, torch.Tensor]):
         return len(self.names)
 
 
-_METRIC_NAMES = tuple(f'{METRIC_PREFIX}/{name}' for name in (
-    'weight_entropy', 'ess', 'mean_loss', 'nonfinite_losses', 'weight_min', 'weight_max'))
+_METRIC_OF = {'entropy': 'weight_entropy', 'ess': 'ess', 'mean_loss': 'mean_loss', 'nonfinite': 'nonfinite_losses',
+              'min': 'weight_min', 'max': 'weight_max'}
+_METRIC_NAMES = tuple(f'{METRIC_PREFIX}/{_METRIC_OF[field]}' for field in STAT_FIELDS)
 """The metrics :meth:`WeightMetrics.report` makes of :attr:`WeightStats.vector`, in its order."""
 _FOLD_EVERY = 32
 """Microbatches whose statistics :class:`WeightMetrics` keeps apart before it folds them into one vector."""
@@ -293,7 +296,7 @@ class WeightMetrics:
         """Add one microbatch's statistics."""
         self._vectors.append(stats.vector)
         if len(self._vectors) >= _FOLD_EVERY:
-            self._vectors = [_fold(self._vectors)]
+            self._vectors = [fold_stats(self._vectors)]
         self._count += 1
         self._r_sum += r
         if len(self._r_values) < 2:
@@ -309,7 +312,7 @@ class WeightMetrics:
         if not self._vectors:
             return None
         count = self._count
-        values = _fold(self._vectors)
+        values = fold_stats(self._vectors)
         if count > 1:  # one microbatch's statistics are its metrics as they are
             averaged = torch.arange(values.shape[0], device=values.device) < AVERAGED_STATS  # made there: no copy
             values = torch.where(averaged, values / count, values)
@@ -319,8 +322,16 @@ class WeightMetrics:
         return MetricValues(_METRIC_NAMES, values), scalars
 
 
-def _fold(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """Statistics vectors of several microbatches as one: the summed fields added up, the minimum and maximum kept."""
+def fold_stats(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Statistics vectors (:attr:`WeightStats.vector`) of several microbatches as one: the summed fields added up,
+    the minimum and maximum kept.
+
+    Example:
+        >>> import torch
+        >>> from reweigh.algorithms.step import fold_stats
+        >>> fold_stats([torch.tensor([1.0, 1, 1, 1, 0.2, 0.5]), torch.tensor([2.0, 2, 2, 0, 0.1, 0.4])]).tolist()
+        [3.0, 3.0, 3.0, 1.0, 0.10000000149011612, 0.5]
+    """
     if len(vectors) == 1:
         return vectors[0]
     stacked = torch.stack(vectors)

@@ -165,6 +165,19 @@ def token_normalize_weights(weights: torch.Tensor, tokens: torch.Tensor) -> torc
     return torch.where(total > 0, scaled / total.clamp(min=torch.finfo(torch.float32).tiny), weights.float())
 
 
+STAT_FIELDS = ('entropy', 'ess', 'mean_loss', 'nonfinite', 'min', 'max')
+"""The layout of :attr:`WeightStats.vector`."""
+SUMMED_STATS = 4
+"""The first fields of :data:`STAT_FIELDS` add up over microbatches; the minimum and maximum follow."""
+AVERAGED_STATS = 3
+"""Of the summed fields, these first ones are reported as means over the microbatches."""
+
+
+def _field(name: str, doc: str) -> property:
+    index = STAT_FIELDS.index(name)
+    return property(lambda self: self.vector[index], doc=doc)
+
+
 class WeightStats:
     """Summary of one weight vector: six float32 values in one device tensor (no host sync), read as 0-d tensors.
 
@@ -178,22 +191,12 @@ class WeightStats:
         self.vector = vector
         """``(6,)`` entropy, ESS, mean loss, non-finite count, the smallest weight, the largest weight."""
 
-    entropy = property(lambda self: self.vector[0], doc='Shannon entropy of the weights, in nats (``log N`` when uniform).')
-    ess = property(lambda self: self.vector[1],
-                   doc='Effective sample size ``1 / sum w^2`` divided by the number of samples (1 when uniform).')
-    mean_loss = property(lambda self: self.vector[2],
-                         doc='Plain (unweighted) mean of the finite losses: the loss uniform training would report.')
-    nonfinite = property(lambda self: self.vector[3], doc='Number of samples whose loss was NaN or inf.')
-    min = property(lambda self: self.vector[4], doc='Smallest weight among samples with a finite loss.')
-    max = property(lambda self: self.vector[5], doc='Largest weight.')
-
-
-STAT_FIELDS = ('entropy', 'ess', 'mean_loss', 'nonfinite', 'min', 'max')
-"""The layout of :attr:`WeightStats.vector`."""
-SUMMED_STATS = 4
-"""The first fields of :data:`STAT_FIELDS` add up over microbatches; the minimum and maximum follow."""
-AVERAGED_STATS = 3
-"""Of the summed fields, these first ones are reported as means over the microbatches."""
+    entropy = _field('entropy', 'Shannon entropy of the weights, in nats (``log N`` when uniform).')
+    ess = _field('ess', 'Effective sample size ``1 / sum w^2`` divided by the number of samples (1 when uniform).')
+    mean_loss = _field('mean_loss', 'Plain (unweighted) mean of the finite losses: the loss uniform training would report.')
+    nonfinite = _field('nonfinite', 'Number of samples whose loss was NaN or inf.')
+    min = _field('min', 'Smallest weight among samples with a finite loss.')
+    max = _field('max', 'Largest weight.')
 
 
 def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor | None = None) -> WeightStats:

@@ -8,7 +8,8 @@ Example:
     >>> import pyarrow as pa
     >>> from reweigh.analysis import HISTORY_SCHEMA, analyze_history, most_deprioritised_domain
     >>> rows = {'step': [0, 0], 'microbatch': [0, 0], 'rank': [0, 0], 'sample_id': [7, 8], 'domain': [0, 1],
-    ...         'tokens': [5, 5], 'loss': [0.2, 4.0], 'weight': [0.1, 0.9], 'r': [1.0, 1.0], 'active': [True, True]}
+    ...         'tokens': [5, 5], 'mix': [-1, -1], 'loss': [0.2, 4.0], 'weight': [0.1, 0.9], 'r': [1.0, 1.0],
+    ...         'active': [True, True]}
     >>> analysis = analyze_history(pa.table(rows, schema=HISTORY_SCHEMA))
     >>> most_deprioritised_domain(analysis.summary)
     0

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from reweigh.analysis.runs import HISTORY_FOLDER, Run
+from reweigh.analysis.runs import HISTORY_FOLDER, Run, mix_over_steps
 from reweigh.train.schema import not_arm_keys
 
 __all__ = [
@@ -260,6 +260,9 @@ class Comparison(NamedTuple):
     optimised ``loss`` for runs without reweighting statistics)."""
     baseline: str
     domains: list[str]
+    mix: pa.Table | None = None
+    """Per arm, mix update (``step``, ``first_step``) and domain: the online-mixing ``proportion``, mean over seeds
+    (no rows where no arm mixed online)."""
 
 
 def _domain_history_summary(run: Run) -> pa.Table | None:
@@ -380,6 +383,7 @@ def compare_runs(
         train=_train_curves(arms),
         baseline=baseline,
         domains=domains,
+        mix=_mix_curves(arms),
     )
 
 
@@ -505,6 +509,20 @@ def _weights(arms: list[Arm], domain_names: Sequence[str], histories: bool) -> p
     schema = pa.schema([('arm', pa.string()), ('domain', pa.string()), ('weight_share', pa.float64()),
                         ('row_share', pa.float64()), ('mean_rel_weight', pa.float64()), ('ess', pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _mix_curves(arms: list[Arm]) -> pa.Table:
+    rows = []
+    for arm in arms:
+        per_point: dict[tuple[int, int, str], list[float]] = {}
+        for run in arm.runs:
+            for r in mix_over_steps(run.train).to_pylist():
+                per_point.setdefault((r['step'], r['first_step'], r['domain']), []).append(r['proportion'])
+        rows += [{'arm': arm.name, 'step': s, 'first_step': f, 'domain': d, 'proportion': statistics.fmean(v),
+                  'seeds': len(v)} for (s, f, d), v in per_point.items()]
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ('arm', pa.string()), ('step', pa.int64()), ('first_step', pa.int64()), ('domain', pa.string()),
+        ('proportion', pa.float64()), ('seeds', pa.int64())]))
 
 
 def _train_curves(arms: list[Arm]) -> pa.Table:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from reweigh.analysis.compare import MEAN_DOMAIN, Comparison
 from reweigh.analysis.render import markdown_table, plt, save_figure, save_table
+from reweigh.analysis.report import plot_mix
 
 __all__ = ['verdict', 'write_comparison']
 
@@ -100,6 +102,15 @@ def _running_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _plot_mix(comparison: Comparison, path: Path) -> None:
+    mix = comparison.mix
+    arms = [a for a in dict.fromkeys(comparison.runs['arm'].to_pylist()) if a in set(mix['arm'].to_pylist())]
+    fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 3.8), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        plot_mix(ax, mix.filter(pc.equal(mix['arm'], arm)), title=f'{arm}: domain mix')
+    save_figure(fig, path)
+
+
 def _plot_train(comparison: Comparison, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     train = comparison.train.to_pylist()
@@ -143,8 +154,11 @@ def write_comparison(comparison: Comparison, out: str | Path, title: str = 'rewe
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ('runs', 'curves', 'differences', 'final', 'weights', 'train'):
+    mixed = comparison.mix is not None and comparison.mix.num_rows > 0
+    for name in ('runs', 'curves', 'differences', 'final', 'weights', 'train', *(('mix',) if mixed else ())):
         save_table(getattr(comparison, name), out, name)
+    if mixed:
+        _plot_mix(comparison, out / 'mix.png')
     _plot_curves(comparison, out / 'curves.png')
     if comparison.train.num_rows:
         _plot_train(comparison, out / 'train_loss.png')
@@ -177,7 +191,11 @@ def write_comparison(comparison: Comparison, out: str | Path, title: str = 'rewe
                   'size (1 = uniform).', '', markdown_table(
                       weights, ['arm', 'domain', 'weight_share', 'row_share', 'mean_rel_weight', 'ess'],
                       {'weight_share': '.3f', 'row_share': '.3f', 'mean_rel_weight': '.3f', 'ess': '.3f'}), '']
-    lines += ['Tables: `runs`, `final`, `curves`, `differences`, `weights`, `train` (`.parquet` and `.csv`).', '']
+    if mixed:
+        lines += ['## Domain mix', '', 'The stream\'s proportions over steps in the arms that mixed online (means over '
+                  'seeds; a mix holds from the step it applies to until the next).', '', '![domain mix](mix.png)', '']
+    lines += [f'Tables: `runs`, `final`, `curves`, `differences`, `weights`, `train`{", `mix`" if mixed else ""} '
+              '(`.parquet` and `.csv`).', '']
     report = out / 'report.md'
     report.write_text('\n'.join(lines))
     return report

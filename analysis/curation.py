@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-__all__ = ['SCORES', 'Rules', 'Selection', 'select']
+__all__ = ['SCORES', 'Rules', 'Selection', 'columns_needed', 'select']
 
 SCORES = ('weight', 'loss')
 
@@ -94,6 +94,8 @@ class Selection(NamedTuple):
     """Whether samples the history never saw are dropped too."""
     thresholds: dict[str, float]
     """The rules' thresholds in data-map units (``easy_stable_loss``, ``easy_stable_std``), for the report."""
+    domains: np.ndarray
+    """For each of :attr:`dropped`, its domain index."""
 
     def _find(self, ids: np.ndarray, sample_id: int) -> int:
         i = int(np.searchsorted(ids, sample_id))
@@ -121,22 +123,43 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
 
 
+def columns_needed(rules: Rules) -> list[str]:
+    """The per-sample columns :func:`select` reads for ``rules``.
+
+    Example:
+        >>> from reweigh.analysis.curation import Rules, columns_needed
+        >>> columns_needed(Rules(drop_below=0.5)), columns_needed(Rules(keep_top=0.5, score='loss'))
+        (['sample_id', 'domain', 'mean_rel_weight', 'active_visits'], ['sample_id', 'domain', 'mean_loss'])
+    """
+    needed = ['sample_id', 'domain']
+    if rules.drop_below is not None:
+        needed += ['mean_rel_weight', 'active_visits']
+    if rules.drop_easy_stable is not None:
+        needed += ['mean_loss', 'loss_std']
+    if rules.keep_top is not None or rules.caps:
+        needed.append('mean_rel_weight' if rules.score == 'weight' else 'mean_loss')
+    return list(dict.fromkeys(needed))
+
+
 def select(samples: pa.Table, rules: Rules, domain_names: list[str] | None = None) -> Selection:
     """Apply ``rules`` to the per-sample table of a history (see the module docstring for the order).
 
     Args:
-        samples: Per-sample statistics, as :attr:`Analysis.samples <reweigh.analysis.Analysis.samples>`.
+        samples: Per-sample statistics, as :attr:`Analysis.samples <reweigh.analysis.Analysis.samples>`; only the
+            columns the rules read are needed (``sample_id`` and ``domain`` always; :func:`columns_needed`).
         rules: The rules.
         domain_names: Names by domain index (for ``caps``). Default: ``domain 0``, ...
 
     Returns:
         Selection: the dropped sample ids, each with the rule that dropped it.
     """
-    column = {name: samples[name].to_numpy(zero_copy_only=False) for name in
-              ('sample_id', 'domain', 'active_visits', 'mean_loss', 'loss_std')}
-    ids, domain = column['sample_id'].astype(np.int64), column['domain'].astype(np.int64)
-    weight = samples['mean_rel_weight'].fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
-    loss, std = column['mean_loss'].astype(np.float64), column['loss_std'].astype(np.float64)
+    def column(name: str, dtype: type) -> np.ndarray:
+        """A column, read when a rule needs it (without a copy where one chunk is of its type already: a history of
+        100M rows has 25M samples, 200 MB a column)."""
+        values = samples[name].fill_null(np.nan) if name == 'mean_rel_weight' else samples[name]
+        return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+    ids, domain = column('sample_id', np.int64), column('domain', np.int64)
     names = domain_names or [f'domain {d}' for d in range(1 + int(domain.max(initial=-1)))]
     code = np.full(len(ids), -1, dtype=np.int64)  # -1: kept; else the index of the rule in `reasons`
     reasons: list[str] = []
@@ -150,25 +173,29 @@ def select(samples: pa.Table, rules: Rules, domain_names: list[str] | None = Non
 
     if rules.drop_below is not None:
         with np.errstate(invalid='ignore'):
-            low = weight < rules.drop_below
-        drop(low & (column['active_visits'] >= rules.min_visits), f'weight below {rules.drop_below}')
+            low = column('mean_rel_weight', np.float64) < rules.drop_below
+        drop(low & (column('active_visits', np.int64) >= rules.min_visits), f'weight below {rules.drop_below}')
     if rules.drop_easy_stable is not None and len(ids):
+        loss, std = column('mean_loss', np.float64), column('loss_std', np.float64)
         loss_q, std_q = _quantile(loss, rules.drop_easy_stable), _quantile(std, rules.drop_easy_stable)
         thresholds.update(easy_stable_loss=loss_q, easy_stable_std=std_q)
         drop((loss <= loss_q) & (std <= std_q), f'easy and stable (loss <= {loss_q:.3g}, std <= {std_q:.3g})')
-    score = np.nan_to_num(weight if rules.score == 'weight' else loss, nan=-np.inf)
-    for d in np.unique(domain):
-        members = np.flatnonzero((domain == d) & (code < 0))
-        members = members[np.lexsort((ids[members], -score[members]))]  # highest score first, then by id
-        keep, reason = len(members), ''
-        if rules.keep_top is not None:
-            keep, reason = math.ceil(rules.keep_top * len(members)), f'not in the top {rules.keep_top:g} by {rules.score}'
-        name = names[d] if 0 <= d < len(names) else f'domain {d}'
-        if name in rules.caps and rules.caps[name] < keep:
-            keep, reason = rules.caps[name], f'over the cap of {rules.caps[name]} for {name}'
-        beyond = np.zeros(len(ids), dtype=bool)
-        beyond[members[keep:]] = True
-        drop(beyond, reason)
+    if rules.keep_top is not None or rules.caps:  # the rules that rank a domain's samples by score
+        score = np.nan_to_num(column('mean_rel_weight' if rules.score == 'weight' else 'mean_loss', np.float64),
+                              nan=-np.inf)
+        for d in np.unique(domain):
+            members = np.flatnonzero((domain == d) & (code < 0))
+            members = members[np.lexsort((ids[members], -score[members]))]  # highest score first, then by id
+            keep, reason = len(members), ''
+            if rules.keep_top is not None:
+                keep, reason = math.ceil(rules.keep_top * len(members)), f'not in the top {rules.keep_top:g} by {rules.score}'
+            name = names[d] if 0 <= d < len(names) else f'domain {d}'
+            if name in rules.caps and rules.caps[name] < keep:
+                keep, reason = rules.caps[name], f'over the cap of {rules.caps[name]} for {name}'
+            beyond = np.zeros(len(ids), dtype=bool)
+            beyond[members[keep:]] = True
+            drop(beyond, reason)
     order = np.argsort(ids, kind='stable')
     dropped = order[code[order] >= 0]
-    return Selection(ids[order], ids[dropped], code[dropped], tuple(reasons), rules.drop_unvisited, thresholds)
+    return Selection(ids[order], ids[dropped], code[dropped], tuple(reasons), rules.drop_unvisited, thresholds,
+                     domain[dropped])

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyarrow as pa
 
-__all__ = ['domain_proportions', 'floored']
+__all__ = ['domain_proportions', 'floored', 'mix_from_mean_weights']
 
 
 def floored(shares: dict[int, float], floor: float) -> dict[int, float]:
@@ -63,6 +64,29 @@ def floored(shares: dict[int, float], floor: float) -> dict[int, float]:
         out = {d: floor if d in pinned else s * room / free for d, s in out.items()}
 
 
+def mix_from_mean_weights(base: np.ndarray, mean_weight: np.ndarray, temperature: float = 1.0,
+                          floor: float = 0.0) -> np.ndarray:
+    """``q_d ∝ b_d * m_d ** (1 / temperature)``, floored: the rule of :func:`domain_proportions` on arrays, with the
+    mix ``b`` the weights were measured on and each domain's mean weight relative to uniform ``m``.
+
+    Online mixing (:class:`reweigh.pipeline.mixing.WeightsPolicy`) and ``reweigh curate --proportions`` both use it.
+
+    Raises:
+        ValueError: For a ``temperature`` that is not a finite number > 0, or a bad ``floor``.
+
+    Example:
+        >>> import numpy as np
+        >>> from reweigh.analysis.proportions import mix_from_mean_weights
+        >>> mix_from_mean_weights(np.array([0.5, 0.5]), np.array([1.2, 0.8])).round(4).tolist()
+        [0.6, 0.4]
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f'temperature must be a finite number > 0, got {temperature}')
+    raw = np.asarray(base, dtype=np.float64) * np.asarray(mean_weight, dtype=np.float64) ** (1.0 / temperature)
+    out = floored(dict(enumerate(raw.tolist())), floor)
+    return np.array([out[d] for d in range(len(raw))])
+
+
 def domain_proportions(summary: pa.Table, temperature: float = 1.0, floor: float = 0.0) -> dict[int, float]:
     """Proportions ``q_d ∝ p_d * (s_d / p_d) ** (1 / temperature)``, floored (see the module docstring).
 
@@ -86,5 +110,6 @@ def domain_proportions(summary: pa.Table, temperature: float = 1.0, floor: float
     if not rows:
         raise ValueError('the run never reweighted (no weight shares after warm-up): a uniform run, or one '
                          'that stopped during the warm-up, says nothing about the domains.')
-    raw = {r['domain']: r['row_share'] * (r['weight_share'] / r['row_share']) ** (1.0 / temperature) for r in rows}
-    return floored(raw, floor)
+    mix = mix_from_mean_weights(np.array([r['row_share'] for r in rows]),
+                                np.array([r['weight_share'] / r['row_share'] for r in rows]), temperature, floor)
+    return {r['domain']: float(q) for r, q in zip(rows, mix)}

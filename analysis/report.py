@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,7 +12,7 @@ import pyarrow.compute as pc
 from reweigh.analysis.render import markdown_table, plt, save_figure, save_table
 from reweigh.analysis.tables import Analysis, most_deprioritised_domain
 
-__all__ = ['write_report']
+__all__ = ['plot_mix', 'write_report']
 
 
 def _name(domain_names: Sequence[str], d: int) -> str:
@@ -34,6 +35,19 @@ def _plot_domains(analysis: Analysis, names: Sequence[str], path: Path) -> None:
     ax_l.set(title='mean per-sample loss', xlabel='step (window start)', ylabel='loss (nats/token)')
     ax_w.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_mix(ax: Any, mix: pa.Table, title: str = 'domain mix (online mixing)') -> None:
+    """Each domain's proportion of the stream over steps (from :func:`~reweigh.analysis.runs.mix_over_steps`), as a
+    step plot: a mix holds from its ``first_step`` until the next one's."""
+    rows = mix.to_pylist()
+    for domain in dict.fromkeys(r['domain'] for r in rows):
+        points = [r for r in rows if r['domain'] == domain]
+        ax.step([p['first_step'] for p in points], [p['proportion'] for p in points], where='post', marker='.',
+                label=domain)
+    ax.set_title(title, fontsize=9)
+    ax.set(xlabel='step', ylabel='proportion of the stream', ylim=(0, 1))
+    ax.legend(fontsize=8)
 
 
 def _plot_quantiles(analysis: Analysis, path: Path) -> None:
@@ -59,6 +73,22 @@ def _plot_data_map(analysis: Analysis, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _mix_section(mix: pa.Table | None, out: Path) -> list[str]:
+    """The report's lines on the domain mix (none for a run without online mixing), and its plot ``mix.png``."""
+    if mix is None or mix.num_rows == 0:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    plot_mix(ax, mix)
+    save_figure(fig, out / 'mix.png')
+    save_table(mix, out, 'mix')
+    last = max(mix['step'].to_pylist())
+    final = [r for r in mix.to_pylist() if r['step'] == last]
+    text = ', '.join(f'{r["domain"]} {r["proportion"]:.3f}' for r in final)
+    updates = len(set(mix['step'].to_pylist())) - 1
+    return ['## Domain mix', '', f'Online mixing changed the stream\'s proportions {updates} times; the last mix '
+            f'(decided after step {last}): {text}.', '', '![domain mix over steps](mix.png)', '']
+
+
 def write_report(
     analysis: Analysis,
     out: str | Path,
@@ -66,6 +96,7 @@ def write_report(
     text_of: Callable[[list[int]], list[str]] | None = None,
     title: str = 'reweigh loss-history report',
     k: int = 10,
+    mix: pa.Table | None = None,
 ) -> Path:
     """Write plots, tables and ``report.md`` into ``out``; return the report's path.
 
@@ -76,6 +107,8 @@ def write_report(
         text_of (Callable, optional): Maps sample ids to their text, for snippets.
         title (str): Report title.
         k (int): How many most-deprioritised / most-emphasised samples to list.
+        mix (pa.Table, optional): The run's domain mix over steps (:func:`~reweigh.analysis.runs.mix_over_steps`),
+            plotted when it has rows.
 
     Example:
         >>> import tempfile
@@ -124,6 +157,7 @@ def write_report(
         cols += ['mean_loss_reweighted', 'mean_rel_weight', 'weight_share', 'row_share']
     lines += ['', '## Domains', '', markdown_table(summary, cols, fmts), '',
               '![per-domain weight and loss](domains_over_time.png)', '',
+              *_mix_section(mix, out),
               '## Weight distribution', '', '![weights per window](weight_distribution.png)', '',
               '## Data map', '', 'Each sample\'s mean loss against its loss variability across visits, coloured '
               'by its mean weight.', '', '![data map](data_map.png)']

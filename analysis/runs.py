@@ -20,7 +20,10 @@ DuckDB's ``read_json`` and Polars' ``read_ndjson`` open it as it is:
   ``step``-th training batch (1-based, so ``step`` counts the batches done, as for ``eval``): ``loss`` is the
   loss that was optimised (the weighted loss once reweighting is on), ``loss_reweighting/mean_loss`` the plain
   mean of the per-sample losses, and the other ``loss_reweighting/*`` statistics of
-  :class:`~reweigh.algorithms.LossReweighting`.
+  :class:`~reweigh.algorithms.LossReweighting`. With online mixing (:class:`~reweigh.callbacks.OnlineMixing`), the
+  line of step ``s`` also holds the mix decided after ``s`` steps: ``mixing/update`` (its number),
+  ``mixing/first_step`` (the first step it applies to), ``mixing/proportion/<domain>`` and
+  ``mixing/passes/<domain>`` (the domain's finished passes); the starting mix is on a line of step 0.
 
 A step may have several lines of a kind (metrics that reach the logger late on a GPU come in a line of their
 own); readers merge them, later values winning. Non-finite values are written as ``null``. A resumed run first
@@ -61,6 +64,7 @@ __all__ = [
     'load_run',
     'metrics_line',
     'metrics_tables',
+    'mix_over_steps',
     'parse_metrics',
     'truncate_metrics',
 ]
@@ -203,6 +207,36 @@ def metrics_tables(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
 def _schema(columns: list[str]) -> pa.Schema:
     types = {'step': pa.int64(), 'tokens': pa.int64(), 'domain': pa.string()}
     return pa.schema([(c, types.get(c, pa.float64())) for c in columns])
+
+
+MIX_PREFIX = 'mixing/proportion/'
+"""Online mixing's proportion of each domain in a ``train`` line (``mixing/proportion/<domain>``)."""
+
+
+def mix_over_steps(train: pa.Table) -> pa.Table:
+    """The domain mix of every online-mixing update in a run's training metrics: ``step`` (the steps done when it
+    was decided; 0 for the starting mix), ``first_step`` (the first step it applies to), ``domain`` and
+    ``proportion``; empty for a run without online mixing.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> from reweigh.analysis.runs import mix_over_steps
+        >>> train = pa.table({'step': [0, 1, 2], 'mixing/first_step': [0.0, None, 3.0],
+        ...                   'mixing/proportion/code': [0.5, None, 0.6], 'mixing/proportion/web': [0.5, None, 0.4]})
+        >>> [(r['step'], r['domain'], r['proportion']) for r in mix_over_steps(train).to_pylist()][-2:]
+        [(2, 'code', 0.6), (2, 'web', 0.4)]
+    """
+    columns = [c for c in train.column_names if c.startswith(MIX_PREFIX)]
+    rows = []
+    if columns and 'mixing/first_step' in train.column_names:
+        table = train.select(['step', 'mixing/first_step', *columns]).to_pylist()
+        for r in table:
+            if r['mixing/first_step'] is None:
+                continue
+            rows += [{'step': r['step'], 'first_step': int(r['mixing/first_step']), 'domain': c[len(MIX_PREFIX):],
+                      'proportion': r[c]} for c in columns if r[c] is not None]
+    return pa.Table.from_pylist(rows, schema=pa.schema([('step', pa.int64()), ('first_step', pa.int64()),
+                                                        ('domain', pa.string()), ('proportion', pa.float64())]))
 
 
 @dataclass

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,8 @@ import pyarrow.fs as pafs
 
 from reweigh.history.format import HISTORY_SCHEMA, Part, filesystem_for, list_parts, part_rows
 
-__all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'MissingPart', 'analyze_history', 'load_history', 'most_deprioritised_domain']
+__all__ = ['EXACT_QUANTILE_ROWS', 'Analysis', 'MissingPart', 'analyze_history', 'load_history', 'most_deprioritised_domain',
+           'register_history']
 
 EXACT_QUANTILE_ROWS = 10_000_000
 """Up to this many history rows the weight quantiles are exact; beyond, they are those of a seeded uniform
@@ -178,23 +180,29 @@ def analyze_history(
 def _load(con, history: str | os.PathLike | pa.Table) -> tuple[MissingPart, ...]:
     """Create the table ``h``: the columns the analysis needs, with ``rel_weight``, in one pass over the parts;
     return the unreadable parts left out."""
-    import duckdb
-
     if isinstance(history, pa.Table):
         con.register('history', history)
         _materialize(con)
         return ()
+    return _register_readable(con, history, lambda: _materialize(con))
+
+
+def _register_readable(con, history: str | os.PathLike, read: Callable[[], Any]) -> tuple[MissingPart, ...]:
+    """Register the parts of ``history`` as the view ``history`` and ``read`` it; where a part cannot be read,
+    register and read the readable ones instead and return the others."""
+    import duckdb
+
     parts = _find_parts(history)
     try:
         _register(con, parts)
-        _materialize(con)
+        read()
         return ()
     except (duckdb.Error, pa.ArrowException, OSError):  # an unreadable part: leave it out, read the rest
         parts, missing = _readable(parts)
         if not parts.files:
             raise ValueError(f'no readable loss-history part under {str(history)!r}.') from None
         _register(con, parts)
-        _materialize(con)
+        read()
         return missing
 
 
@@ -207,6 +215,17 @@ def _materialize(con) -> None:
         FROM raw JOIN counts USING (step, microbatch)
     """)
     con.sql('DROP TABLE raw')
+
+
+def register_history(con, history: str | os.PathLike) -> tuple[MissingPart, ...]:
+    """Make the view ``history`` of DuckDB connection ``con``: every readable part of a history folder or URI, read
+    in place (nothing is loaded; a part whose footer cannot be read is left out); return the parts left out.
+
+    Raises:
+        FileNotFoundError: If the folder holds no part files.
+        ValueError: If no part can be read.
+    """
+    return _register_readable(con, history, lambda: con.sql('SELECT count(*) FROM history').fetchall())
 
 
 def _register(con, parts: _Parts) -> None:

@@ -1,5 +1,5 @@
 """Composer callbacks: the per-sample loss history, metrics over time in a file, exact RNG state on resumption,
-checkpoints mirrored to object storage, and stopping with a checkpoint on preemption.
+checkpoints mirrored to object storage, stopping with a checkpoint on preemption, and online domain mixing.
 
 Example:
     >>> from reweigh.algorithms import LossReweighting
@@ -13,7 +13,8 @@ Example:
 from reweigh.callbacks.history import LossHistory
 from reweigh.callbacks.metrics_log import MetricsLog
 from reweigh.callbacks.mirror import MirrorCheckpoints
+from reweigh.callbacks.mixing import OnlineMixing
 from reweigh.callbacks.preemption import Preemption
 from reweigh.callbacks.rng import RestoreRngOnResume
 
-__all__ = ['LossHistory', 'MetricsLog', 'MirrorCheckpoints', 'Preemption', 'RestoreRngOnResume']
+__all__ = ['LossHistory', 'MetricsLog', 'MirrorCheckpoints', 'OnlineMixing', 'Preemption', 'RestoreRngOnResume']

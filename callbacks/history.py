@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,8 @@ class LossHistory(Callback):
             per_sample, _ = per_sample_loss_from(state.outputs, state.batch)
             composer_step(self._reweighter, state, per_sample._replace(loss=per_sample.loss.detach()))
         if self._reweighter.last is not None:
-            self._recorder.record(int(state.timestamp.batch.value), self._reweighter.last.record)
+            mix = state.batch.get('mix') if isinstance(state.batch, Mapping) else None  # an online-mixing stream's
+            self._recorder.record(int(state.timestamp.batch.value), self._reweighter.last.record, mix)
 
     def batch_start(self, state: State, logger: Logger) -> None:
         if self._algorithm is None and self._reweighter is not None:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 _TRAIN_LOSS = 'loss/train/'
 _REWEIGHTING = 'loss_reweighting/'
+_MIXING = 'mixing/'
 
 
 class MetricsLog(LoggerDestination):
@@ -26,8 +27,8 @@ class MetricsLog(LoggerDestination):
 
     The file's layout is :mod:`reweigh.analysis.runs`'s: one flat JSON object per line, ``eval`` lines
     (``step``, ``tokens``, ``domain``, ``loss``, ``perplexity``) and ``train`` lines (``step``, ``tokens``,
-    ``loss`` and the ``loss_reweighting/*`` statistics). Rank 0 writes it (every value it records is
-    already reduced over ranks), flushing each line, so a killed run loses at most the line being
+    ``loss``, the ``loss_reweighting/*`` statistics and online mixing's ``mixing/*`` values). Rank 0 writes it
+    (every value it records is already reduced over ranks), flushing each line, so a killed run loses at most the line being
     written. When a run resumes from a checkpoint, the lines past the checkpoint's step (written by the
     attempt that died) are dropped before training continues, so every step is in the file once: Composer
     evaluates before it saves a checkpoint, so an evaluation at a checkpoint step is kept, and any later
@@ -101,7 +102,7 @@ class MetricsLog(LoggerDestination):
         for name, value in metrics.items():
             if name.startswith(_TRAIN_LOSS):
                 train['loss' if name == f'{_TRAIN_LOSS}total' else f'loss/{name[len(_TRAIN_LOSS):]}'] = float(value)
-            elif name.startswith(_REWEIGHTING):
+            elif name.startswith(_REWEIGHTING) or name.startswith(_MIXING):
                 train[name] = float(value)
             elif name.startswith('metrics/') and name.count('/') >= 2:
                 label, metric = name[len('metrics/'):].rsplit('/', 1)

@@ -27,15 +27,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _mix(target: str):
+    """The run's domain mix over steps, if ``target`` is a run folder whose run mixed online (else ``None``)."""
+    from reweigh.analysis.runs import load_run, mix_over_steps
+
+    try:
+        return mix_over_steps(load_run(target).train)
+    except (FileNotFoundError, ValueError, OSError):  # a history folder, not a run folder: nothing to plot
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from reweigh.analysis import analyze_history, most_deprioritised_domain, write_report
-    from reweigh.io.uri import is_remote
     from reweigh.train.run_folder import RunFolder
 
     if args.windows <= 0 or args.top < 0:
         raise ValueError('--windows must be > 0 and --top >= 0.')
     history, summary = RunFolder(args.target).locate_history()
-    out = Path(args.out) if args.out else (Path('analysis') if is_remote(args.target) else Path(args.target) / 'analysis')
+    out = Path(args.out) if args.out else RunFolder(args.target).analysis
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -66,13 +75,25 @@ def run(args: argparse.Namespace) -> int:
 
         names = list(read_metadata(history).get('domains') or [])
 
-    report = write_report(
-        analysis, out, names, text_of, title=f'reweigh loss history: {summary.get("run_name", args.target)}', k=args.top,
-    )
+    title, mix = f'reweigh loss history: {summary.get("run_name", args.target)}', _mix(args.target)
+    report = write_report(analysis, out, names, text_of, title=title, k=args.top, mix=mix)
+    interactive = _html_report(analysis, out, names, text_of, title, mix)
     print(f'reweigh analyze: {analysis.rows:,} rows over {analysis.steps} steps analysed in {elapsed:.2f} s '
           f'({analysis.rows / max(elapsed, 1e-9):,.0f} rows/s)')
     worst = most_deprioritised_domain(analysis.summary)
     if worst is not None:
         print(f'  most deprioritised domain: {names[worst] if worst < len(names) else worst}')
     print(f'  report: {report}')
+    print(f'  interactive report: {interactive}')
     return 0
+
+
+def _html_report(analysis, out: Path, names: list[str], text_of, title: str, mix) -> str:
+    """Write report.html where plotly is installed (reweigh[explore]); what to print about it."""
+    from reweigh.integrations.extras import missing_modules
+
+    if missing_modules('explore'):
+        return "not written (it needs reweigh[explore]: pip install 'reweigh[explore]')"
+    from reweigh.analysis.report_html import write_html_report
+
+    return str(write_html_report(analysis, out, names, text_of, title=title, mix=mix))

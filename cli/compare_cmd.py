@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _split(items: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Run paths, and the arm names given as ``ARM=RUN``."""
+def named_runs(items: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Run paths, and the arm names given as ``ARM=RUN`` (a path that exists as written is a path)."""
     from reweigh.io.uri import is_remote
 
     paths, names = [], {}
@@ -99,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
     from reweigh.analysis.compare_report import verdict, write_comparison
     from reweigh.analysis.runs import load_run
 
-    paths, names = _split(args.runs)
+    paths, names = named_runs(args.runs)
     baseline_arm = None
     baseline_paths: list[str] = []
     for item in args.baseline or []:
         if Path(item).exists() or '://' in item or _NAMED.match(item):
-            more, more_names = _split([item])
+            more, more_names = named_runs([item])
             baseline_paths += more
             names.update(more_names)
         elif len(args.baseline) == 1:

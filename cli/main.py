@@ -7,13 +7,13 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from reweigh.cli import analyze_cmd, compare_cmd, curate_cmd, prepare_cmd, sweep_cmd, train_cmd, weights_cmd
+from reweigh.cli import analyze_cmd, compare_cmd, curate_cmd, explore_cmd, prepare_cmd, sweep_cmd, train_cmd, weights_cmd
 from reweigh.integrations.extras import require
 
 # Each module registers its arguments only; its run() imports what the command needs, so that
 # `reweigh --help` and argument errors answer at once. A command that needs an extra (pyproject.toml) names it as
 # its `extra` default, checked before it runs.
-_SUBCOMMANDS = (weights_cmd, prepare_cmd, train_cmd, sweep_cmd, analyze_cmd, compare_cmd, curate_cmd)
+_SUBCOMMANDS = (weights_cmd, prepare_cmd, train_cmd, sweep_cmd, analyze_cmd, compare_cmd, curate_cmd, explore_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,17 +63,19 @@ HISTORY_SCHEMA = pa.schema([
     ('sample_id', pa.int64()),
     ('domain', pa.int32()),
     ('tokens', pa.int32()),
+    ('mix', pa.int32()),
     ('loss', pa.float32()),
     ('weight', pa.float32()),
     ('r', pa.float32()),
     ('active', pa.bool_()),
 ])
 """One row per sample and step: ``step`` (the batch index), ``microbatch``, ``rank``, ``sample_id`` (-1 if the
-batch had none), ``domain`` (-1 if none), ``tokens`` (loss-bearing tokens), ``loss`` (the sample's mean token
-loss), ``weight`` (per step and microbatch the weights of all ranks sum to 1), ``r`` (temperature) and
-``active`` (False during warm-up)."""
+batch had none), ``domain`` (-1 if none), ``tokens`` (loss-bearing tokens), ``mix`` (the number of the online-mixing
+update whose proportions the sample was drawn under, :mod:`reweigh.pipeline.mixed_stream`; -1 without online mixing;
+absent from parts written before it existed), ``loss`` (the sample's mean token loss), ``weight`` (per step and
+microbatch the weights of all ranks sum to 1), ``r`` (temperature) and ``active`` (False during warm-up)."""
 
-INT_COLUMNS = ('sample_id', 'domain', 'tokens')
+INT_COLUMNS = ('sample_id', 'domain', 'tokens', 'mix')
 """The per-sample integer columns, in the order the writer stacks them into one int64 tensor."""
 
 FLOAT_COLUMNS = ('loss', 'weight')

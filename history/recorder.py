@@ -109,9 +109,10 @@ class HistoryRecorder:
         """The part files written so far, in order."""
         return self._writer.finished
 
-    def record(self, step: int, record: MicrobatchWeights) -> None:
+    def record(self, step: int, record: MicrobatchWeights, mix: torch.Tensor | None = None) -> None:
         """Queue one microbatch's rows (the core's record) at training step ``step``; the device copies are issued
-        here, without waiting for them. Microbatches of one step are numbered in the order they arrive."""
+        here, without waiting for them. Microbatches of one step are numbered in the order they arrive. ``mix``:
+        the ``(n,)`` online-mixing update each sample was drawn under (the batch's ``mix``; -1 when ``None``)."""
         if step != self._step:
             self._step, self._microbatch = step, 0
         n = record.weights.shape[0]
@@ -123,7 +124,8 @@ class HistoryRecorder:
         columns = {
             'sample_id': missing if record.sample_id is None else record.sample_id,
             'domain': missing if record.domain is None else record.domain,
-            'tokens': record.tokens, 'loss': record.losses, 'weight': record.weights,
+            'tokens': record.tokens, 'mix': missing if mix is None else mix, 'loss': record.losses,
+            'weight': record.weights,
         }
         ints = torch.stack([torch.as_tensor(columns[c], device=device).reshape(n).to(torch.int64) for c in INT_COLUMNS])
         floats = torch.stack([columns[c].reshape(n).float() for c in FLOAT_COLUMNS])

@@ -44,7 +44,7 @@ class HistoryWriter:
         >>> from pathlib import Path
         >>> from reweigh.history.writer import HistoryChunk, HistoryWriter
         >>> writer = HistoryWriter(Path(tempfile.mkdtemp()), rank=0, metadata={}, max_queued=8)
-        >>> writer.put(HistoryChunk(0, 0, torch.tensor([[7], [1], [12]]), torch.tensor([[2.5], [1.0]]), 1.0, True, None))
+        >>> writer.put(HistoryChunk(0, 0, torch.tensor([[7], [1], [12], [-1]]), torch.tensor([[2.5], [1.0]]), 1.0, True, None))
         >>> writer.close()
         >>> [p.name for p in writer.finished]
         ['part-000000000-000000000.parquet']

@@ -7,7 +7,7 @@ one line naming the ``pip install`` to run, not an ``ImportError`` traceback fro
 Example:
     >>> from reweigh.integrations.extras import EXTRAS, missing_modules
     >>> sorted(EXTRAS)
-    ['composer', 'hf', 'olmo-core', 'torchtitan']
+    ['composer', 'explore', 'hf', 'olmo-core', 'torchtitan']
     >>> missing_modules('hf') in ([], ['accelerate'], ['transformers'], ['transformers', 'accelerate'])
     True
 """
@@ -28,6 +28,7 @@ class Extra(NamedTuple):
 EXTRAS = {
     'composer': Extra(('composer', 'streaming', 'transformers', 'omegaconf', 'datasets'),
                       'Composer, Streaming and transformers < 5'),
+    'explore': Extra(('starlette', 'uvicorn', 'plotly'), "the explorer's web app"),
     'hf': Extra(('transformers', 'accelerate'), "the Hugging Face Trainer"),
     'olmo-core': Extra(('olmo_core',), 'OLMo-core'),
     'torchtitan': Extra(('torchtitan',), 'torchtitan'),

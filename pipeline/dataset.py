@@ -34,6 +34,7 @@ from reweigh.io import uri
 from reweigh.pipeline.ids import SPLITS
 from reweigh.pipeline.manifest import Manifest, read_manifest
 from reweigh.pipeline.shards import read_index
+from reweigh.pipeline.shared_memory import close_dataset, track
 
 __all__ = ['ReweighStreamingDataset', 'build_eval_dataloaders', 'build_train_dataloader']
 
@@ -62,6 +63,10 @@ class ReweighStreamingDataset(StreamingDataset):
         **kwargs: More :class:`streaming.StreamingDataset` arguments (``epoch_size``, ``predownload``,
             ``num_canonical_nodes``, ``shuffle_algo``, ``cache_limit``, ...).
 
+    Streaming keeps a dataset's shared memory until the process exits; :meth:`close` gives it back sooner, and
+    :func:`reweigh.pipeline.shared_memory.closing_datasets` closes the datasets built in a block (a process
+    that builds many datasets otherwise runs out of file descriptors).
+
     Raises:
         FileNotFoundError: If ``root`` holds no prepared dataset.
         ValueError: For an unknown split or domain, a bad proportion, or a remote ``root`` without cache.
@@ -70,6 +75,7 @@ class ReweighStreamingDataset(StreamingDataset):
     def __init__(self, root: str | os.PathLike, local_cache: str | os.PathLike | None = None, *, split: str = 'train',
                  domains: Domains = None, batch_size: int | None = None, shuffle: bool = False, seed: int = 9176,
                  validate_hash: str | None = 'xxh64', **kwargs: Any) -> None:
+        track(self)
         root = str(root)
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
@@ -84,7 +90,10 @@ class ReweighStreamingDataset(StreamingDataset):
         self.seq_len = self.manifest.seq_len
         self.pad_token_id = int(self.manifest.tokenizer['pad_token_id'])
         streams = []
-        for name, proportion in _select_domains(self.manifest, domains).items():
+        selected = _select_domains(self.manifest, domains)
+        self.domain_names: list[str] = list(selected)
+        """The domains read, in the order of their streams."""
+        for name, proportion in selected.items():
             rel = self.manifest.domain(name).path(split)
             where = uri.join(root, rel, 'index.json')
             columns = self.manifest.mds['columns']
@@ -95,6 +104,16 @@ class ReweighStreamingDataset(StreamingDataset):
                                               local=os.path.join(str(local_cache), rel), proportion=proportion))
         super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
                          validate_hash=validate_hash, **kwargs)
+
+    def close(self) -> None:
+        """Give back the dataset's shared memory now (its dataloaders are done with); see
+        :func:`reweigh.pipeline.shared_memory.close_dataset`. Closing twice does nothing."""
+        close_dataset(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` gave the dataset's shared memory back."""
+        return bool(self.__dict__.get('_reweigh_closed'))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         # Streaming ends the epoch early, with only a log line, when its shard-preparing thread fails

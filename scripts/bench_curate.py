@@ -36,7 +36,7 @@ def _history(run: Path, manifest, seed: int = 0) -> int:
     table = pa.table({
         'step': np.zeros(len(ids), np.int64), 'microbatch': np.zeros(len(ids), np.int16),
         'rank': np.zeros(len(ids), np.int16), 'sample_id': ids, 'domain': (ids >> 48).astype(np.int32),
-        'tokens': np.full(len(ids), 16, np.int32), 'loss': np.ones(len(ids), np.float32),
+        'tokens': np.full(len(ids), 16, np.int32), 'mix': np.full(len(ids), -1, np.int32), 'loss': np.ones(len(ids), np.float32),
         'weight': (rel / rel.sum()).astype(np.float32), 'r': np.ones(len(ids), np.float32),
         'active': np.ones(len(ids), bool)}, schema=HISTORY_SCHEMA)
     (run / 'history' / 'rank0').mkdir(parents=True, exist_ok=True)

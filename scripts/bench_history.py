@@ -28,13 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from reweigh.history.format import HISTORY_SCHEMA, part_name
+from reweigh.history.format import HISTORY_SCHEMA, INT_COLUMNS, part_name
 from reweigh.history.writer import HistoryChunk, HistoryWriter
 
 
 def bench_writer(batch: int, steps: int, folder: Path) -> float:
     writer = HistoryWriter(folder, 0, {b'reweigh': b'{}'}, max_queued=4096)
-    ints = torch.randint(0, 1 << 40, (3, batch))
+    ints = torch.randint(0, 1 << 40, (len(INT_COLUMNS), batch))
     floats = torch.rand(2, batch)
     start = time.perf_counter()
     for step in range(steps):
@@ -57,6 +57,7 @@ def _write_rank(folder: Path, rank: int, steps: int, per_rank: int, steps_per_pa
         table = pa.Table.from_arrays([
             pa.array(step), pa.array(np.zeros(n, np.int16)), pa.array(np.full(n, rank, np.int16)),
             pa.array(rng.integers(0, ids, n)), pa.array(domain), pa.array(np.full(n, 2047, np.int32)),
+            pa.array(np.full(n, -1, np.int32)),
             pa.array((2 + domain + rng.random(n)).astype(np.float32)),
             pa.array((rng.random(n) * 2 / (per_rank * 64)).astype(np.float32)), pa.array(np.ones(n, np.float32)),
             pa.array(step >= 1000),

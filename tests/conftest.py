@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -13,10 +14,11 @@ WITHOUT_COMPOSER = bool(missing_modules('composer'))
 
 NEED_COMPOSER = (
     'test_accumulation.py', 'test_config.py', 'test_curate.py', 'test_disk.py', 'test_distributed.py',
-    'test_fused_loss.py', 'test_gpu.py', 'test_history.py', 'test_metrics_log.py', 'test_no_sync.py', 'test_nodes.py',
-    'test_outage.py',
+    'test_fused_loss.py', 'test_gpu.py', 'test_history.py', 'test_metrics_log.py', 'test_mixing.py', 'test_no_sync.py',
+    'test_nodes.py', 'test_outage.py',
     'test_pipeline_docstrings.py', 'test_pipeline_prepare.py', 'test_pipeline_remote.py', 'test_pipeline_stream.py',
-    'test_precision.py', 'test_resume.py', 'test_run_folder.py', 'test_security.py', 'test_sharded.py', 'test_spark.py',
+    'test_precision.py', 'test_resume.py', 'test_run_folder.py', 'test_security.py', 'test_shared_memory.py',
+    'test_sharded.py', 'test_spark.py',
     'test_sweep.py', 'test_train_cli.py', 'test_trainer.py',
 )
 """The test files that need Composer or Streaming throughout; without them they are not collected, and single tests
@@ -56,16 +58,37 @@ SMALL = dict(max_bytes_per_domain=40_000, vocab_size=512, seq_len=64, shard_size
 
 @pytest.fixture(scope='session')
 def streaming_shm():
-    """Remove Streaming shared memory leaked by earlier, crashed runs (keyed by their local folders), once.
+    """Remove the Streaming shared memory that earlier, crashed runs left in ``/dev/shm``, once per session.
 
-    ``clean_stale_shared_memory`` unlinks every Streaming segment on the machine, so it runs once per
-    session, not per test; within a session each test gives its datasets their own local folders, and
-    two sessions of these tests must not run on one machine at the same time.
+    Every segment named as Streaming names them goes (Streaming's ``clean_stale_shared_memory`` stops at the first
+    free prefix, and leaves those above it): each dataset built later would attach to them, and hold a descriptor
+    for each, until the session ends. So two sessions of these tests must not run on one machine at the same time.
     """
-    from streaming.base.util import clean_stale_shared_memory
+    import re
 
-    clean_stale_shared_memory()
+    from streaming.base.constant import SHM_TO_CLEAN
+
+    stale = re.compile(rf'^\d{{6}}_({"|".join(SHM_TO_CLEAN)})$')
+    if os.path.isdir('/dev/shm'):
+        for name in os.listdir('/dev/shm'):
+            if stale.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join('/dev/shm', name))
     yield
+
+
+@pytest.fixture(autouse=True)
+def datasets_closed():
+    """Every Streaming dataset a test builds gives its shared memory back when the test ends, as a run of
+    ``reweigh train`` does, instead of when the session ends: kept, they cost each later dataset a file descriptor
+    per segment of theirs, and the suite runs out of descriptors (pipeline/shared_memory.py)."""
+    if WITHOUT_COMPOSER:  # nor Streaming
+        yield
+        return
+    from reweigh.pipeline.shared_memory import closing_datasets
+
+    with closing_datasets():
+        yield
 
 
 @pytest.fixture(scope='session')
@@ -104,6 +127,7 @@ def s3_env(s3_endpoint, monkeypatch):
 def gcs_emulator_env(tmp_path_factory):
     """A loopback GCS emulator with bucket ``reweigh`` for the session; yields the environment for it."""
     pytest.importorskip('gcp_storage_emulator')
+    pytest.importorskip('google.cloud.storage')  # the client the gs:// tests use (not in every environment)
     from gcs_emulator import gcs_emulator
 
     with gcs_emulator('reweigh', tmp_path_factory.mktemp('gcs')) as env:

@@ -1,5 +1,8 @@
 """`reweigh analyze` tables and report on a synthetic history whose answers are known."""
 
+import html
+import importlib.util
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,6 +32,7 @@ def synthetic_history(folder, parts=4):
             rows['sample_id'].append(sample)
             rows['domain'].append(domain)
             rows['tokens'].append(127)
+            rows['mix'].append(-1)
             rows['loss'].append(domain + 1 + 0.01 * (j % PER_DOMAIN) + 0.1 * ((step // 4) % 2))
             active = step >= WARMUP
             rows['weight'].append((REL[domain] if active else 1.0) / n)
@@ -44,6 +48,18 @@ def synthetic_history(folder, parts=4):
         rank_dir.mkdir(parents=True, exist_ok=True)
         pq.write_table(part, rank_dir / f'part-{p * per:09d}-{(p + 1) * per - 1:09d}.parquet')
     return table
+
+
+def test_parts_written_before_the_mix_column_are_read_with_the_newer_ones(tmp_path):
+    """A run resumed across versions: its first parts lack ``mix``; the history is still read whole."""
+    old, new = tmp_path / 'old', tmp_path / 'new'
+    synthetic_history(old)
+    synthetic_history(new)
+    first = sorted((old / 'rank0').iterdir())[-1]
+    pq.write_table(pq.read_table(first).drop_columns(['mix']), first)
+    expected, analysis = analyze_history(str(new)), analyze_history(str(old))
+    assert analysis.rows == expected.rows > 0 and analysis.summary.equals(expected.summary)
+    assert load_history(str(old)).num_rows == expected.rows
 
 
 def test_domain_summary_has_the_known_answers(tmp_path):
@@ -178,6 +194,9 @@ def test_analyze_imports_neither_torch_nor_composer_nor_streaming(tmp_path):
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert 'heavy: []' in out, out
     assert (tmp_path / 'out' / 'report.md').is_file() and (tmp_path / 'out' / 'samples.parquet').is_file()
+    with_plotly = importlib.util.find_spec('plotly') is not None
+    assert (tmp_path / 'out' / 'report.html').is_file() == with_plotly
+    assert ('interactive report: not written' in out) != with_plotly, out
 
 
 @pytest.mark.composer  # the dataset is prepared with the pipeline
@@ -193,7 +212,7 @@ def test_analyze_with_the_dataset_shows_sample_text_without_the_training_stack(t
     rows = {name: [] for name in HISTORY_SCHEMA.names}
     for step in range(2):
         for k, sid in enumerate(ids):
-            values = {'step': step, 'microbatch': 0, 'rank': 0, 'sample_id': sid, 'domain': k // 2, 'tokens': 10,
+            values = {'step': step, 'microbatch': 0, 'rank': 0, 'sample_id': sid, 'domain': k // 2, 'tokens': 10, 'mix': -1,
                       'loss': 1.0 + k // 2, 'weight': (0.05 if k < 2 else 0.225), 'r': 1.0, 'active': step == 1}
             for name, value in values.items():
                 rows[name].append(value)
@@ -209,3 +228,8 @@ def test_analyze_with_the_dataset_shows_sample_text_without_the_training_stack(t
     assert 'heavy: []' in out and 'most deprioritised domain: code' in out, out
     snippet = ' '.join(SampleLookup(root).text(ids[0]).split())[:40].replace('|', '\\|')
     assert snippet in (tmp_path / 'analysis' / 'report.md').read_text()
+    if importlib.util.find_spec('plotly') is not None:  # reweigh[explore]: the interactive report too
+        page = (tmp_path / 'analysis' / 'report.html').read_text()
+        first_line = html.escape(SampleLookup(root).text(ids[0]).splitlines()[0][:40])  # in the data map's hover
+        assert f'sample {ids[0]}' in page and first_line in page and '<script src=' not in page
+        assert 'interactive report: ' in out

@@ -9,13 +9,15 @@ import pytest
 
 from reweigh.cli.main import main
 
-HEAVY = ('torch', 'composer', 'streaming', 'transformers', 'duckdb', 'matplotlib', 'pyarrow', 'numpy')
+HEAVY = ('torch', 'composer', 'streaming', 'transformers', 'duckdb', 'matplotlib', 'pyarrow', 'numpy', 'starlette', 'uvicorn',
+         'plotly')
 
 
 def test_parsing_arguments_imports_nothing_heavy():
     """`reweigh --help`, `reweigh COMMAND --help` and argument errors answer before any heavy import."""
+    commands = ('train', 'sweep', 'analyze', 'compare', 'curate', 'explore', 'prepare', 'weights')
     code = ('import sys\nfrom reweigh.cli.main import build_parser\nparser = build_parser()\n'
-            "for argv in ([c, '--help'] for c in ('train', 'sweep', 'analyze', 'compare', 'curate', 'prepare', 'weights')):\n"
+            f"for argv in ([c, '--help'] for c in {commands!r}):\n"
             '    try:\n        parser.parse_args(argv)\n    except SystemExit:\n        pass\n'
             f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120).stdout

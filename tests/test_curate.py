@@ -105,9 +105,10 @@ def test_curate_a_history_in_object_storage(tmp_path, small_dataset, s3_env, cap
 
 # --- curated datasets -------------------------------------------------------------------------------------------
 
-def _real_history(folder, manifest, weight_of=lambda domain, j: 1.0, steps=4, sample_id=None):
+def _real_history(folder, manifest, weight_of=lambda domain, j: 1.0, steps=4, sample_id=None,
+                  loss_of=lambda domain, j, step: 1.0 + domain + 0.001 * j):
     """A reweighted history over every training sample of ``manifest``: each visited ``steps`` times, reweighted
-    after the first step with relative weight ``weight_of(domain, j)``."""
+    after the first step with relative weight ``weight_of(domain, j)``, with loss ``loss_of(domain, j, step)``."""
     from reweigh.analysis import HISTORY_SCHEMA
     from reweigh.pipeline import make_sample_id
 
@@ -115,9 +116,9 @@ def _real_history(folder, manifest, weight_of=lambda domain, j: 1.0, steps=4, sa
     rows = {name: [] for name in HISTORY_SCHEMA.names}
     for step in range(steps):
         for domain, j in ids:
-            values = {'step': step, 'microbatch': 0, 'rank': 0, 'domain': domain, 'tokens': 64,
+            values = {'step': step, 'microbatch': 0, 'rank': 0, 'domain': domain, 'tokens': 64, 'mix': -1,
                       'sample_id': make_sample_id(domain, 'train', j) if sample_id is None else sample_id,
-                      'loss': 1.0 + domain + 0.001 * j, 'weight': weight_of(domain, j) / len(ids),
+                      'loss': loss_of(domain, j, step), 'weight': weight_of(domain, j) / len(ids),
                       'r': 1.0, 'active': step > 0}
             for name, value in values.items():
                 rows[name].append(value)

@@ -11,7 +11,8 @@ import pkgutil
 import pytest
 from extras_support import skip_if_missing_extra
 
-PACKAGES = ('algorithms', 'analysis', 'callbacks', 'cli', 'history', 'integrations', 'io', 'models', 'safety', 'train')
+PACKAGES = ('algorithms', 'analysis', 'callbacks', 'cli', 'explore', 'history', 'integrations', 'io', 'models', 'safety',
+            'train')
 MODULES = sorted(
     name for package in PACKAGES
     for _, name, _ in pkgutil.iter_modules(importlib.util.find_spec(f'reweigh.{package}').submodule_search_locations,

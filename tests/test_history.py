@@ -45,6 +45,7 @@ def test_rows_per_step_and_sample_with_weights_summing_to_one(tmp_path):
     assert [r['sample_id'] for r in rows] == [1000 + i for i in range(40)]
     assert [r['domain'] for r in rows] == [i % 2 for i in range(40)]
     assert all(r['tokens'] == 15 and r['rank'] == 0 and r['microbatch'] == 0 for r in rows)
+    assert all(r['mix'] == -1 for r in rows)  # a stream that does not mix online
     assert [r['active'] for r in rows[::8]] == [False, False, True, True, True]
     for step in range(5):
         losses = torch.tensor([r['loss'] for r in rows if r['step'] == step])

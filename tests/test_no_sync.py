@@ -489,3 +489,43 @@ def test_two_gloo_ranks_never_sync(tmp_path: Path) -> None:
             assert result['composer'], f'{name}: the detector saw nothing in the window, not even Composer\'s own loss read'
             if syncs := [Sync(**{**s, 'stack': tuple(s['stack'])}) for s in result['plugin']]:
                 pytest.fail(f'host-device syncs in reweigh code on rank {rank} ({name}):\n' + report(syncs))
+
+
+def _train_mixed(interval: int, data_root: Path) -> SyncDetector:
+    """Train on an online-mixing stream with ``OnlineMixing`` (policy updates every ``interval`` steps) under a
+    detector, 8 batches of two microbatches."""
+    from reweigh.callbacks import OnlineMixing
+    from reweigh.models import build_causal_lm
+    from reweigh.pipeline import ReweighStreamingDataset, build_mixing_dataloader, make_policy, natural_mix
+
+    source = ReweighStreamingDataset(data_root)
+    policy = make_policy('weights', natural_mix(source))
+    loader = build_mixing_dataloader(source, policy.initial(), batch_size=8, interval=interval, lag=0)
+    torch.manual_seed(0)
+    model = build_causal_lm('gpt2', n_layer=1, n_embd=32, n_head=2, vocab_size=512, n_positions=source.seq_len)
+    detector = SyncDetector()
+    trainer = make_trainer(model, [LossReweighting(**ALGORITHM)], max_duration='8ba', train_dataloader=loader,
+                           callbacks=[OnlineMixing(policy), SyncWindow(detector, False)], device_train_microbatch_size=4)
+    try:
+        with detector.armed(), cpu_metrics_exempt(detector):
+            trainer.fit()
+    finally:
+        trainer.close()
+    assert detector.windows == 8 * 2
+    return detector
+
+
+@pytest.mark.usefixtures('streaming_shm')
+def test_online_mixing_syncs_only_when_it_updates_the_mix(small_dataset) -> None:
+    """``OnlineMixing`` adds each microbatch's rows, weights and losses per domain on the device; only the update
+    every ``interval`` steps reads them (one host read), so steps between updates sync nowhere in reweigh's code."""
+    data_root, _ = small_dataset
+    quiet = _train_mixed(100, data_root)  # no update in 8 steps
+    assert not [r for r in quiet.records if r.site.startswith('callbacks/mixing.py')], report(quiet.records)
+    assert not quiet.plugin_syncs(), report(quiet.plugin_syncs())
+    updating = _train_mixed(4, data_root)  # updates after steps 4 and 8
+    mixing = [r for r in updating.records if r.site.startswith('callbacks/mixing.py')]
+    assert mixing and all(r.site.endswith(' in batch_end') for r in mixing), report(mixing)
+    assert len({r.site for r in mixing}) == 1, report(mixing)  # one line: the update's read of the sums
+    assert set(Counter(r.op for r in mixing).values()) == {2}, report(mixing)  # once per update, two updates
+    assert not updating.plugin_syncs(), report(updating.plugin_syncs())

@@ -279,7 +279,7 @@ def test_pkl_shards_are_refused_by_train_analyze_and_the_python_api(small_datase
     (run / 'history' / 'rank0').mkdir(parents=True)
     ids = [make_sample_id(0, 'train', i) for i in range(8)]
     rows = {'step': [0] * 8, 'microbatch': [0] * 8, 'rank': [0] * 8, 'sample_id': ids, 'domain': [0] * 8,
-            'tokens': [63] * 8, 'loss': [float(i) for i in range(8)], 'weight': [0.125] * 8, 'r': [1.0] * 8,
+            'tokens': [63] * 8, 'mix': [-1] * 8, 'loss': [float(i) for i in range(8)], 'weight': [0.125] * 8, 'r': [1.0] * 8,
             'active': [True] * 8}
     pq.write_table(pa.table(rows, schema=HISTORY_SCHEMA), run / 'history' / 'rank0' / 'part-000000000-000000000.parquet')
     (run / 'summary.json').write_text(json.dumps({'run_name': 'x', 'history': str(run / 'history'), 'dataset': str(evil)}))

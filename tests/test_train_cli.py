@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -129,13 +130,16 @@ RESUME = dict(max_duration='30ba', save_interval='5ba', eval_interval='3ba', con
 """The runs that are interrupted and resumed, and the straight run they must equal."""
 
 
+def trained(data_root, run_dir, run_name, **settings):
+    """``run_dir`` after ``reweigh train`` (a process of its own) ran to the end with ``settings``."""
+    process = _train_process(_overrides(data_root, run_dir, run_name=run_name, **settings), dict(os.environ))
+    assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-3000:]
+    return run_dir
+
+
 @pytest.fixture(scope='module')
 def straight_run(small_dataset, tmp_path_factory):
-    data_root, _ = small_dataset
-    straight_dir = tmp_path_factory.mktemp('straight') / 'straight'
-    straight = _train_process(_overrides(data_root, straight_dir, run_name='straight', **RESUME), dict(os.environ))
-    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-3000:]
-    return straight_dir
+    return trained(small_dataset[0], tmp_path_factory.mktemp('straight') / 'straight', 'straight', **RESUME)
 
 
 def _assert_equals_straight(run_dir, straight_dir):
@@ -167,19 +171,24 @@ def _wait_for(path, process):
         time.sleep(0.02)
 
 
-def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, straight_run, tmp_path):
-    data_root, _ = small_dataset
+def killed_and_resumed(data_root, run_dir, run_name, kill_at, **settings):
+    """``run_dir`` after ``reweigh train`` was SIGKILLed once checkpoint ``kill_at`` (e.g. ``ep0-ba5-rank0.pt``)
+    appeared and the very same command then ran to the end."""
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    run_dir = tmp_path / 'killed'
-    command = _overrides(data_root, run_dir, run_name='killed', **RESUME)
+    command = _overrides(data_root, run_dir, run_name=run_name, **settings)
     victim = _train_process(command, env)
-    _wait_for(run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt', victim)
+    _wait_for(run_dir / 'checkpoints' / kill_at, victim)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=60) == -signal.SIGKILL, 'the run finished before it could be killed'
     assert (run_dir / 'lease.json').exists()  # left by the killed launch: the next takes it over
 
     resumed = _train_process(command, env)  # the very same command
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    return run_dir
+
+
+def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(small_dataset, straight_run, tmp_path):
+    run_dir = killed_and_resumed(small_dataset[0], tmp_path / 'killed', 'killed', 'ep0-ba5-rank0.pt', **RESUME)
     _assert_equals_straight(run_dir, straight_run)
 
 
@@ -190,14 +199,19 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_resumed_run_lose
     run_dir = tmp_path / 'preempted'
     command = _overrides(data_root, run_dir, run_name='preempted', **RESUME)
     first = _train_process(command, env)
-    _wait_for(run_dir / 'checkpoints' / 'ep0-ba5-rank0.pt', first)
-    time.sleep(1.0)  # into the next save interval, so that the steps since the last checkpoint are at stake
+    lines, reader = [], threading.Thread(target=lambda: lines.extend(iter(first.stderr.readline, b'')), daemon=True)
+    reader.start()
+    # into the next save interval (step 7 logged, the last checkpoint at 5), so that steps since it are at stake
+    deadline = time.monotonic() + 600
+    while not any(b'[batch=7/30]' in line for line in list(lines)) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 75, 'the run finished before it was preempted'
-    first_log = first.stderr.read().decode()
+    reader.join(timeout=60)
+    first_log = b''.join(lines).decode()
     stopped = int(re.search(r'reweigh train: stopped by SIGTERM after step (\d+), with a checkpoint there; run the same '
                             r'command to resume \(exit 75\)', first_log)[1])
-    assert 5 < stopped < 30 and (run_dir / 'checkpoints' / f'ep0-ba{stopped}-rank0.pt').exists()
+    assert 7 <= stopped < 30 and (run_dir / 'checkpoints' / f'ep0-ba{stopped}-rank0.pt').exists()
     assert not (run_dir / 'lease.json').exists()
 
     resumed = _train_process(command, env)
@@ -280,13 +294,9 @@ def _history(run_dir):
     return table.sort_by([('step', 'ascending'), ('sample_id', 'ascending')]).to_pandas()
 
 
-def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, tmp_path):
-    """`composer -n 2 -m reweigh.cli.train ...` (gloo): same samples per step and same weights as one rank."""
-    data_root, _ = small_dataset
-    no_dropout = '{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0}'
-    common = {'model.config': no_dropout, 'max_duration': '6ba', 'eval_interval': '6ba', 'save_interval': '6ba'}
+def one_and_two_ranks(data_root, tmp_path, common):
+    """Train ``common``'s run on one rank (``tmp_path/one``), then through ``composer -n 2`` (gloo, ``tmp_path/two``)."""
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-
     one = _train_process(_overrides(data_root, tmp_path / 'one', run_name='one', **common), env)
     assert one.wait(timeout=600) == 0, one.stderr.read().decode()[-3000:]
     launcher = Path(sys.executable).parent / 'composer'
@@ -303,6 +313,16 @@ def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, t
         raise
     logs = ''.join(p.read_text()[-2000:] for p in tmp_path.glob('rank*.err'))
     assert two.returncode == 0, output[-2000:] + logs
+
+
+NO_DROPOUT = '{n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64, resid_pdrop: 0, embd_pdrop: 0, attn_pdrop: 0}'
+
+
+def test_two_cpu_ranks_through_composer_launcher_match_one_rank(small_dataset, tmp_path):
+    """`composer -n 2 -m reweigh.cli.train ...` (gloo): same samples per step and same weights as one rank."""
+    data_root, _ = small_dataset
+    one_and_two_ranks(data_root, tmp_path, {'model.config': NO_DROPOUT, 'max_duration': '6ba', 'eval_interval': '6ba',
+                                            'save_interval': '6ba'})
 
     assert sorted(p.name for p in (tmp_path / 'two' / 'history').iterdir()) == ['rank0', 'rank1']
     single, double = _history(tmp_path / 'one'), _history(tmp_path / 'two')

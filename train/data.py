@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from reweigh.pipeline import (
     build_eval_dataloaders,
     build_train_dataloader,
@@ -21,10 +23,14 @@ from reweigh.pipeline import (
 from reweigh.pipeline import (
     load_tokenizer as load_named_tokenizer,
 )
+from reweigh.pipeline.dataset import ReweighStreamingDataset
 from reweigh.pipeline.lookup import SampleLookup
+from reweigh.pipeline.mixed_stream import build_mixing_dataloader, check_schedule, natural_mix
+from reweigh.pipeline.mixing import MixingPolicy, make_policy
 from reweigh.train.config import ConfigError
 
-__all__ = ['DatasetRef', 'build_eval_loaders', 'build_train_loader', 'load_tokenizer', 'prepare_if_needed']
+__all__ = ['DatasetRef', 'build_eval_loaders', 'build_mixed_train_loader', 'build_train_loader', 'load_tokenizer',
+           'prepare_if_needed']
 
 _WAIT_FOR_PREPARE_S = 1800
 
@@ -97,6 +103,36 @@ def build_train_loader(cfg: Any, ref: DatasetRef, device_batch: int):
         )
     except ValueError as e:
         raise ConfigError(f"config key 'train_loader.dataset': {e}") from e
+
+
+def build_mixed_train_loader(cfg: Any, ref: DatasetRef, device_batch: int, rank: int = 0,
+                             world: int = 1) -> tuple[Any, MixingPolicy]:
+    """The training stream whose proportions the ``mixing`` section's policy steers, and that policy.
+
+    The starting mix is ``train_loader.dataset.proportions`` if set, else the domains' natural sizes.
+
+    Raises:
+        ConfigError: For an unknown policy, an option it does not take, or settings it or the stream refuse.
+    """
+    m, ds = cfg.mixing, cfg.train_loader.dataset
+    proportions = dict(ds.proportions) if ds.proportions else None
+    options = {k: getattr(m, k) for k in ('temperature', 'floor', 'smoothing', 'anchor', 'alpha') if getattr(m, k) is not None}
+    try:
+        # what the policy and the schedule refuse is refused before the stream opens: a Streaming dataset holds its
+        # shared memory until the process ends
+        domains = list(proportions) if proportions else read_manifest(ref.root, ref.cache).domain_names
+        make_policy(m.policy, np.full(len(domains), 1.0 / len(domains)), **options, **dict(m.options))
+        check_schedule(m.interval, m.lag, cfg.train_loader.num_workers)
+        source = ReweighStreamingDataset(ref.root, ref.cache, split='train', domains=proportions, shuffle=False)
+        policy = make_policy(m.policy, natural_mix(source), **options, **dict(m.options))
+        loader = build_mixing_dataloader(
+            source, policy.initial(), batch_size=device_batch, rank=rank, world=world,
+            seed=cfg.seed if ds.shuffle_seed is None else ds.shuffle_seed, interval=m.interval, lag=m.lag,
+            num_workers=cfg.train_loader.num_workers,
+        )
+    except ValueError as e:
+        raise ConfigError(f"config key 'mixing': {e}") from e
+    return loader, policy
 
 
 def build_eval_loaders(cfg: Any, ref: DatasetRef, device_batch: int) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 ``reweigh train`` takes the run folder's lease (``RUN/lease.json``: host, pid, since when) before it writes
 anything, renews it every :data:`HEARTBEAT_S` seconds from a background thread, and gives it back when it ends. With
-``save_folder`` in an ``s3://`` bucket it also takes the remote run folder's lease (``s3://.../RUN/lease.json``,
-created and renewed with S3's conditional writes, so two machines with their own local folders cannot both train
-the run). A second launch of the same run finds it held and stops with one line naming the holder (exit 2), leaving
+``save_folder`` in an ``s3://`` or ``gs://`` bucket it also takes the remote run folder's lease
+(``s3://.../RUN/lease.json``, created and renewed with the store's conditional writes: S3's ``If-None-Match`` /
+``If-Match``, GCS's ``ifGenerationMatch``), so two machines with their own local folders cannot both train the run.
+An ``oci://`` run folder holds the local lease only (there is no OCI emulator to test its conditional writes
+against). A second launch of the same run finds it held and stops with one line naming the holder (exit 2), leaving
 the running run's files alone. A lease left behind by a launch that was killed is taken over: at once on the same
 host when its process is gone, on any host once it has not been renewed for ``stale_after_s`` seconds (default 600;
-a bucket's lease ages by the store's own clock); ``force`` (``reweigh train --force``, or the config key
-``lease.force``) takes it from a holder that looks alive. The ranks of one launch share its leases: rank 0 holds them.
+an S3 bucket's lease ages by the store's own clock, a GCS bucket's by this host's clock against the store's
+timestamp); ``force`` (``reweigh train --force``, or the config key ``lease.force``) takes it from a holder that looks
+alive. The ranks of one launch share its leases: rank 0 holds them.
 
 Example:
     >>> import tempfile
@@ -44,9 +47,10 @@ __all__ = ['HEARTBEAT_S', 'LEASE_SCHEMES', 'LeaseHeld', 'RunLease']
 HEARTBEAT_S = 30.0
 """How often the holder renews its lease."""
 
-LEASE_SCHEMES = ('s3',)
-"""Object stores whose run folders take a lease (those with conditional writes that reweigh uses); a run whose
-``save_folder`` is elsewhere (``gs://``, ``oci://``) holds the local lease only."""
+LEASE_SCHEMES = ('s3', 'gs')
+"""Object stores whose run folders take a lease (those with conditional writes that reweigh uses and tests against an
+emulator); a run whose ``save_folder`` is elsewhere (``oci://``: no emulator to test against) holds the local lease
+only."""
 
 
 class LeaseHeld(ValueError):
@@ -175,9 +179,81 @@ class _S3Slot:
                 raise ValueError(f'cannot remove the lease {self.uri}: {type(e).__name__}: {e}') from e
 
 
+class _GCSSlot:
+    """``lease.json`` in a Google Cloud Storage bucket: ``ifGenerationMatch=0`` creates it, ``ifGenerationMatch`` with
+    its generation renews and removes it.
+
+    google-cloud-storage does not hand back the response's ``Date`` header, so a lease's age here is this host's clock
+    against the store's ``updated`` timestamp (S3's is the store's clock on both sides): a host whose clock runs ahead
+    by minutes sees a lease that much older.
+    """
+
+    def __init__(self, uri: str) -> None:
+        bucket, _, key = uri.removeprefix('gs://').partition('/')
+        self.uri = uri
+        try:
+            from google.cloud import storage
+
+            # The standard client: it follows STORAGE_EMULATOR_HOST and GOOGLE_APPLICATION_CREDENTIALS.
+            self.bucket = storage.Client().bucket(bucket)
+        except Exception as e:  # google-auth raises its own error types (no credentials found, say)
+            raise ValueError(f'cannot write the lease {uri}: {type(e).__name__}: {e}') from e
+        self.key = key
+
+    def _put(self, body: str, generation: int) -> str | None:
+        blob = self.bucket.blob(self.key)
+        try:
+            blob.upload_from_string(body.encode(), content_type='application/json', if_generation_match=generation)
+        except Exception as e:  # google-api-core raises its own error types
+            if _gcs_status(e) in (404, 412):  # changed (or gone) since: not ours to write
+                return None
+            raise ValueError(f'cannot write the lease {self.uri}: {type(e).__name__}: {e}') from e
+        return str(blob.generation)
+
+    def create(self, body: str) -> str | None:
+        self.body = body
+        return self._put(body, 0)  # generation 0: only if there is none
+
+    def read(self) -> _Lease | None:
+        while True:
+            try:
+                blob = self.bucket.get_blob(self.key)
+                if blob is None:
+                    return None
+                generation, updated = blob.generation, blob.updated  # a download resets them from its headers
+                text = blob.download_as_bytes(if_generation_match=generation)
+            except Exception as e:  # google-api-core raises its own error types
+                if _gcs_status(e) in (404, 412):  # replaced or removed between the two requests: look again
+                    continue
+                raise ValueError(f'cannot read the lease {self.uri}: {type(e).__name__}: {e}') from e
+            try:
+                holder = json.loads(text)
+            except ValueError:
+                holder = None
+            return _Lease(holder if isinstance(holder, dict) else None, time.time() - updated.timestamp(),
+                          str(generation))
+
+    def renew(self, version: str) -> str | None:
+        try:
+            return self._put(self.body, int(version))
+        except ValueError:  # the store is unreachable now: keep the lease and try again at the next renewal
+            return version
+
+    def remove(self, version: str) -> None:
+        try:
+            self.bucket.blob(self.key).delete(if_generation_match=int(version))
+        except Exception as e:  # google-api-core raises its own error types
+            if _gcs_status(e) not in (404, 412):
+                raise ValueError(f'cannot remove the lease {self.uri}: {type(e).__name__}: {e}') from e
+
+
+_SLOTS: dict[str, type[_S3Slot] | type[_GCSSlot]] = {'s3': _S3Slot, 'gs': _GCSSlot}
+"""The slot class of each scheme in :data:`LEASE_SCHEMES`."""
+
+
 class RunLease:
-    """The lease on a run folder (local, or an ``s3://`` one): acquire it before training, release it after (or use
-    ``with``).
+    """The lease on a run folder (local, or an ``s3://`` or ``gs://`` one): acquire it before training, release it
+    after (or use ``with``).
 
     Args:
         folder (str | os.PathLike): The run folder (a local one is created if absent).
@@ -205,7 +281,7 @@ class RunLease:
         if scheme is None:
             self._slot: _Slot = _FileSlot(Path(self.folder.lease), self.holder['token'])
         elif scheme in LEASE_SCHEMES:
-            self._slot = _S3Slot(self.folder.lease)
+            self._slot = _SLOTS[scheme](self.folder.lease)
         else:
             raise ValueError(f'{folder}: leases are taken in {schemes_text(LEASE_SCHEMES)} run folders and local '
                              f'ones, not {scheme}://')
@@ -295,6 +371,14 @@ def _status(error: Exception) -> int | None:
     """The HTTP status of a botocore ``ClientError`` (None for other errors: the store was not reached)."""
     response = getattr(error, 'response', None)
     return response.get('ResponseMetadata', {}).get('HTTPStatusCode') if isinstance(response, dict) else None
+
+
+def _gcs_status(error: Exception) -> int | None:
+    """The HTTP status of a google-api-core ``GoogleAPICallError`` (None for other errors: the store was not
+    reached)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    return error.code if isinstance(error, GoogleAPICallError) else None
 
 
 def _http_date(text: str) -> float:

@@ -24,12 +24,14 @@ from reweigh.io.arrow import read_text
 from reweigh.io.local import write_atomically
 from reweigh.io.uri import is_remote, join
 
-__all__ = ['CHECKPOINTS_FOLDER', 'LEASE_FILE', 'SUMMARY_PATHS', 'TRAIN_LOG', 'RunFolder']
+__all__ = ['ANALYSIS_FOLDER', 'CHECKPOINTS_FOLDER', 'LEASE_FILE', 'SUMMARY_PATHS', 'TRAIN_LOG', 'RunFolder']
 
 CHECKPOINTS_FOLDER = 'checkpoints'
 """Where checkpoints go when the config sets no ``save_folder`` (and Composer's local folder for a remote one)."""
 TRAIN_LOG = 'train.log'
 """The output of a run that ``reweigh sweep`` started."""
+ANALYSIS_FOLDER = 'analysis'
+"""What ``reweigh analyze`` writes (and ``reweigh explore`` caches) for a run, by default."""
 LEASE_FILE = 'lease.json'
 """Who trains the run now (:mod:`reweigh.train.lease`); present only while a launch holds it."""
 SUMMARY_PATHS = ('run_dir', 'save_folder', 'history', 'dataset', 'dataset_cache')
@@ -99,6 +101,12 @@ class RunFolder:
     def checkpoints(self) -> str:
         """``checkpoints/``: the default ``save_folder``."""
         return self._file(CHECKPOINTS_FOLDER)
+
+    @property
+    def analysis(self) -> Path:
+        """``analysis/``: the local folder of the run's analysis, inside a local run folder and in the working
+        directory for one in object storage (whose files are not written there)."""
+        return Path(ANALYSIS_FOLDER) if self.remote else Path(self.root) / ANALYSIS_FOLDER
 
     @property
     def lease(self) -> str:

@@ -150,6 +150,34 @@ class AlgorithmsConfig:
 
 
 @dataclass
+class MixingConfig:
+    policy: str = 'weights'
+    """``weights`` (the reweighting weights steer the mix), ``odm`` (the ODM bandit, the baseline) or a policy
+    registered with :func:`reweigh.pipeline.register_policy`."""
+    interval: int = 25
+    """Steps between updates of the proportions."""
+    lag: int = 8
+    """Steps between an update and the first step it applies to; at least ``num_workers * 2``."""
+    temperature: Optional[float] = None
+    """``weights``: ``T`` of ``q ∝ b * m ** (1 / T)`` (default 1)."""
+    floor: Optional[float] = None
+    """``weights``: the least proportion of any domain (default 0.05)."""
+    smoothing: Optional[float] = None
+    """``weights``: the share of the mix in use each update keeps (default 0.5)."""
+    anchor: Optional[str] = None
+    """``weights``: what the target starts from: ``stream`` (default), the configured or natural mix, or ``uniform``,
+    equal proportions (where ODM starts; the stream starts there too)."""
+    alpha: Optional[float] = None
+    """``odm``: the reward's smoothing (default 0.9)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """More arguments of the policy (a registered one's)."""
+    strategy: str = DEFAULT_STRATEGY
+    """Without ``algorithms.loss_reweighting``: the strategy whose weights steer (for the policy only)."""
+    r: float = DEFAULT_R
+    """Its temperature."""
+
+
+@dataclass
 class HistoryConfig:
     enabled: bool = True
     """Record every sample's loss and weight per step (a uniform run records too, unchanged)."""
@@ -186,6 +214,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+    mixing: Optional[MixingConfig] = None
+    """Present: the training stream's domain proportions change online (:mod:`reweigh.pipeline.mixing`)."""
     history: HistoryConfig = field(default_factory=HistoryConfig)
     callbacks: dict[str, Any] = not_arm(default_factory=dict)
     loggers: dict[str, Any] = not_arm(default_factory=dict)

@@ -33,10 +33,11 @@ from composer.core import Callback, Evaluator
 from composer.utils import create_interval_scheduler, dist, format_name_with_dist, parse_uri, reproducibility
 from omegaconf import OmegaConf
 
-from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, Preemption, RestoreRngOnResume
+from reweigh.callbacks import LossHistory, MetricsLog, MirrorCheckpoints, OnlineMixing, Preemption, RestoreRngOnResume
 from reweigh.callbacks.mirror import publish_latest, restore_latest_from_remote
 from reweigh.io.uploads import DurableUploader
 from reweigh.io.uri import is_remote, scheme_of, schemes_text
+from reweigh.pipeline.shared_memory import closing_datasets
 from reweigh.safety import safe_checkpoint_loading, set_aside_interrupted_checkpoints
 from reweigh.train import data
 from reweigh.train.builders import (
@@ -255,11 +256,17 @@ def build_trainer(cfg: Any, placement: Placement, device_batch: int) -> BuiltTra
     dataset = data.prepare_if_needed(cfg)
     tokenizer = data.load_tokenizer(cfg, dataset)
     model = build_model(cfg, vocab_size=len(tokenizer), tokenizer=tokenizer)
-    train_loader = data.build_train_loader(cfg, dataset, device_batch)
+    mixing: list[Callback] = []
+    if cfg.mixing is not None:
+        train_loader, policy = data.build_mixed_train_loader(cfg, dataset, device_batch, dist.get_global_rank(),
+                                                             dist.get_world_size())
+        mixing = [OnlineMixing(policy, cfg.mixing.strategy, cfg.mixing.r)]
+    else:
+        train_loader = data.build_train_loader(cfg, dataset, device_batch)
     evaluators = _evaluators(cfg, dataset, device_batch)
     algorithms = build_algorithms(cfg)
     preemption = Preemption(cfg.preemption.check_every)
-    callbacks = [*build_callbacks(cfg), RestoreRngOnResume(), preemption]
+    callbacks = [*build_callbacks(cfg), RestoreRngOnResume(), preemption, *mixing]
     history = _loss_history(cfg, placement)
     metrics_log = MetricsLog(placement.folder.metrics, upload_to=placement.remote.root if placement.remote else None,
                              outage_limit_s=cfg.object_store_outage_s, save_interval=cfg.save_interval)
@@ -352,7 +359,10 @@ def train(cfg: Any) -> dict[str, Any]:
     placement = place(cfg)
     leases = _take_leases(cfg, placement)  # before anything is written: a second launch changes nothing
     try:
-        return _train(cfg, placement, device_batch)
+        # the datasets' shared memory goes back when the run ends, not when the process does (a notebook or a
+        # test suite trains many times in one process)
+        with closing_datasets():
+            return _train(cfg, placement, device_batch)
     except Exception as e:
         if (message := disk_full_message(e, _written(cfg, placement))) is None:
             raise

@@ -22,6 +22,11 @@ that machine noise hits every arm alike):
 operators ``LossReweighting.apply`` dispatches per step (top-level ``aten`` ops, those of a compiled region's
 wrapper included) and, on CUDA, the kernels they launch.
 
+``--breakdown N`` then trains ``N`` more steps of each arm with reweighting (not ``baseline``) with a
+``perf_counter`` wrapper around each event of ``apply`` and around the calls of the step inside ``AFTER_LOSS``, and
+prints the median wall time of each per step, nested as they call each other, with what the parent spends outside
+the calls listed (median minus the children's medians). Each wrapper adds about a microsecond.
+
 Arms run in blocks of ``--steps`` steps, in a freshly shuffled order each round (seeded), so that drift
 and position effects average out over many short rounds. Per-step time is wall time from ``BATCH_START``
 to ``BATCH_END`` (with ``torch.cuda.synchronize`` at both ends on CUDA). The first ``--warmup-steps`` of
@@ -33,6 +38,7 @@ that arm for 3 steps, minus its resident set size just before training.
 Examples:
     python scripts/bench_step_overhead.py --steps 10 --rounds 18 --cpu-memory
     python scripts/bench_step_overhead.py --arms plain baseline eager fused --baseline-rev 4c0e6fa --count-ops
+    python scripts/bench_step_overhead.py --arms plain fused --steps 10 --rounds 12 --breakdown 60
     python scripts/bench_step_overhead.py --arms hf-plain materialized fast --vocab 128256 --seq 1024 --batch 4 \
         --width 256 --heads 4 --steps 2 --rounds 10 --warmup-steps 1 --cpu-memory
 """
@@ -40,6 +46,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import importlib
 import json
 import platform
 import random
@@ -153,6 +162,81 @@ def count_ops(trainer: Trainer, device: str) -> tuple[float, float]:
     return ops / 3, kernels / 3
 
 
+BREAKDOWN = (  # (depth, label, module, attribute): the calls of the step inside AFTER_LOSS, nested as they run
+    (1, 'per_sample_loss_from', 'reweigh.algorithms.loss_reweighting', 'per_sample_loss_from'),
+    (1, 'composer_step', 'reweigh.algorithms.loss_reweighting', 'composer_step'),
+    (2, 'composer_progress', 'reweigh.algorithms.loss_reweighting', 'composer_progress'),
+    (2, 'reweight_microbatch', 'reweigh.algorithms.reweighter', 'reweight_microbatch'),
+    (3, 'validate_weight_args', 'reweigh.algorithms.step', 'validate_weight_args'),
+    (3, 'gather_global_batch', 'reweigh.algorithms.step', 'gather_global_batch'),
+    (3, 'weigh_global_batch', 'reweigh.algorithms.step', 'weigh_global_batch'),  # eager
+    (3, 'weigh_global_batch', 'reweigh.algorithms.step', '_FUSED_WEIGH'),  # compiled: one of the two runs
+    (3, 'weighted_loss', 'reweigh.algorithms.step', 'weighted_loss'),
+    (3, 'MicrobatchWeights', 'reweigh.algorithms.step', 'MicrobatchWeights'),
+)
+"""What ``--breakdown`` times inside ``AFTER_LOSS``."""
+
+
+@contextlib.contextmanager
+def _wrapped(times: dict[str, list[float]]):
+    """Every call in :data:`BREAKDOWN` appends its wall time to ``times[label]`` while inside."""
+
+    def wrap(label: str, fn):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                times[label].append(time.perf_counter() - start)
+        return timed_call
+
+    originals = []
+    for _, label, module_name, attribute in BREAKDOWN:
+        module = importlib.import_module(module_name)
+        originals.append((module, attribute, getattr(module, attribute)))
+        setattr(module, attribute, wrap(label, getattr(module, attribute)))
+    try:
+        yield
+    finally:
+        for module, attribute, original in originals:
+            setattr(module, attribute, original)
+
+
+def breakdown(trainer: Trainer, steps: int) -> list[tuple[int, str, float]]:
+    """``(depth, label, median us per step)`` of each event of ``LossReweighting.apply`` over ``steps`` more steps and
+    of the calls of :data:`BREAKDOWN` inside ``AFTER_LOSS``, each parent followed by what it spends outside them."""
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    (algorithm,) = [a for a in trainer.state.algorithms if hasattr(a, 'per_batch')]
+    apply = algorithm.apply
+
+    def timed_apply(event: Event, state: State, logger: Logger) -> None:
+        start = time.perf_counter()
+        apply(event, state, logger)
+        times[event.name].append(time.perf_counter() - start)
+
+    algorithm.apply = timed_apply
+    try:
+        with _wrapped(times):
+            trainer.fit(duration=f'{steps}ba')
+    finally:
+        del algorithm.apply
+    median = {label: statistics.median(v) * 1e6 for label, v in times.items()}
+    tree = [(0, event) for event in ('BATCH_START', 'AFTER_LOSS') if event in median]
+    tree += list(dict.fromkeys((depth, label) for depth, label, _, _ in BREAKDOWN if label in median))
+    tree += [(0, 'BATCH_END')] if 'BATCH_END' in median else []
+    rows = []
+    for i, (depth, label) in enumerate(tree):
+        rows.append((depth, label, median[label]))
+        children = []
+        for child_depth, child in tree[i + 1:]:
+            if child_depth <= depth:
+                break
+            children += [child] if child_depth == depth + 1 else []
+        if children:
+            rows.append((depth + 1, f'({label} outside the calls below)', median[label] - sum(median[c] for c in children)))
+    return rows
+
+
 class StepTimer(Callback):
 
     def __init__(self) -> None:
@@ -258,6 +342,7 @@ def main() -> None:
     parser.add_argument('--precision', help='Composer precision (default: amp_bf16 on GPU, fp32 on CPU)')
     parser.add_argument('--baseline-rev', help='git revision whose LossReweighting the baseline arm runs')
     parser.add_argument('--count-ops', action='store_true', help='also count the operators LossReweighting.apply dispatches')
+    parser.add_argument('--breakdown', type=int, metavar='N', help='then time the calls inside apply over N more steps')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cpu-memory', action='store_true', help='also measure each arm\'s peak RSS in its own process')
     parser.add_argument('--peak-rss-of', choices=ARMS, help=argparse.SUPPRESS)  # the child of --cpu-memory
@@ -315,6 +400,7 @@ def main() -> None:
     if args.count_ops:  # after the timing: the profiled steps are not among the timed ones
         for arm in apply_ms:
             counts[arm] = count_ops(arms[arm][0], args.device)
+    parts = {arm: breakdown(arms[arm][0], args.breakdown) for arm in apply_ms if arm != 'baseline'} if args.breakdown else {}
 
     device_name = torch.cuda.get_device_name() if args.device == 'gpu' else platform.processor() or platform.machine()
     print(
@@ -351,9 +437,18 @@ def main() -> None:
             f"{f'{apply_ms[arm]:.3f}' if arm in apply_ms else '-'} |" + (f" {peak[arm]:.0f} |" if peak else '') +
             ((f' {ops:.0f} |' + (f' {kernels:.0f} |' if args.device == 'gpu' else '')) if counts else ''),
         )
+    if parts:
+        print(f'\nWhere the time in LossReweighting.apply goes: median us per step over {args.breakdown} more steps')
+        print('| call | ' + ' | '.join(parts) + ' |')
+        print('|---|' + '---|' * len(parts))
+        labels = list(dict.fromkeys((depth, label) for rows_ in parts.values() for depth, label, _ in rows_))
+        for depth, label in labels:
+            cells = [next((f'{us:.1f}' for d, lab, us in parts[arm] if (d, lab) == (depth, label)), '-') for arm in parts]
+            print(f'| {". " * depth}{label} | ' + ' | '.join(cells) + ' |')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'args': vars(args), 'device': device_name, 'rows': rows}, f, indent=2)
+            json.dump({'args': vars(args), 'device': device_name, 'rows': rows,
+                       'breakdown': {arm: [list(r) for r in rows_] for arm, rows_ in parts.items()}}, f, indent=2)
 
 
 if __name__ == '__main__':

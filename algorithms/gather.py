@@ -44,7 +44,8 @@ def real_slots(tokens: torch.Tensor) -> torch.Tensor:
     return ~torch.isnan(tokens)
 
 
-def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: int | None = None) -> GlobalBatch:
+def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: int | None = None, *,
+                        world: int | None = None) -> GlobalBatch:
     """Gather detached per-sample losses and token counts from every rank in one collective.
 
     ``torch.distributed.all_gather_into_tensor`` needs equal shapes, so each rank pads its samples to
@@ -56,6 +57,7 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
         losses (torch.Tensor): ``(n,)`` this rank's per-sample losses.
         tokens (torch.Tensor): ``(n,)`` this rank's token counts.
         capacity (int, optional): Slots per rank, ``>= n`` on every rank. Default: ``n``.
+        world (int, optional): :func:`world_size`, when the caller has it already. Default: asked for.
 
     Returns:
         GlobalBatch: the concatenation over ranks and this rank's slice of it.
@@ -74,7 +76,7 @@ def gather_global_batch(losses: torch.Tensor, tokens: torch.Tensor, capacity: in
     capacity = n if capacity is None else capacity
     if capacity < n:
         raise ValueError(f'capacity ({capacity}) is smaller than the number of local samples ({n}).')
-    world = world_size()
+    world = world_size() if world is None else world
     rank = dist.get_rank() if world > 1 else 0
     local = slice(rank * capacity, rank * capacity + n)
     if world == 1 and capacity == n:  # nothing to send or pad: the vectors as they are

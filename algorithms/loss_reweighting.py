@@ -32,6 +32,9 @@ __all__ = ['DEFAULT_WARMUP', 'LossReweighting', 'composer_progress', 'composer_s
 _WARMUP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
 DEFAULT_WARMUP = f'{DEFAULT_WARMUP_STEPS}ba'
 """The core's default warm-up as a Composer time."""
+_EVENTS = frozenset((Event.FIT_START, Event.BATCH_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END))
+"""The events :class:`LossReweighting` runs on: a set, so that matching each of the loop's events hashes once instead of
+calling ``Event.__eq__`` (Python code) against each."""
 
 
 def parse_warmup(warmup: str | int | Time) -> Time:
@@ -156,18 +159,18 @@ class LossReweighting(Algorithm):
         )
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.FIT_START, Event.BATCH_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+        return event in _EVENTS
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
-        if event == Event.AFTER_LOSS:
+        if event is Event.AFTER_LOSS:  # identity: Composer's Event.__eq__ is Python code, run for every event
             self._reweight(state)
-        elif event == Event.BATCH_START:
+        elif event is Event.BATCH_START:
             self.reweighter.reset_metrics()  # a microbatch size search may have left statistics of abandoned tries
             needed = self._token_spec is not None and self.strategy != 'uniform' and not self.in_warmup(state)
             self._tokens_per_sample = self._batch_tokens_per_sample(state) if needed else None
-        elif event == Event.BATCH_END:
+        elif event is Event.BATCH_END:
             self._log_batch(state, logger)
-        elif event == Event.FIT_START:
+        elif event is Event.FIT_START:
             trainer = _calling_trainer()
             on_tokens = trainer is not None and bool(getattr(trainer, 'accumulate_train_batch_on_tokens', False))
             self._token_spec = getattr(trainer, '_train_data_spec', None) if on_tokens else None

@@ -217,7 +217,7 @@ def reweight_microbatch(
     fn = validate_weight_args(strategy if active else 'uniform', r, delta)
     world = world_size()
     detached = losses.detach()
-    batch = gather_global_batch(detached, tokens, capacity)
+    batch = gather_global_batch(detached, tokens, capacity, world=world)
     weigh, temperature = (_FUSED_WEIGH, _temperature(r, losses.device)) if fused else (weigh_global_batch, r)
     grad, drop, local, stats = weigh(batch.losses, batch.tokens, detached, temperature, start=batch.local.start,
                                      strategy=fn, delta=delta, token_normalize=token_normalize, active=active, world=world)
@@ -254,6 +254,8 @@ _METRIC_OF = {'entropy': 'weight_entropy', 'ess': 'ess', 'mean_loss': 'mean_loss
               'min': 'weight_min', 'max': 'weight_max'}
 _METRIC_NAMES = tuple(f'{METRIC_PREFIX}/{_METRIC_OF[field]}' for field in STAT_FIELDS)
 """The metrics :meth:`WeightMetrics.report` makes of :attr:`WeightStats.vector`, in its order."""
+_R_METRIC, _ACTIVE_METRIC = f'{METRIC_PREFIX}/r', f'{METRIC_PREFIX}/active'
+"""The metrics :meth:`WeightMetrics.report` gives as Python floats."""
 _FOLD_EVERY = 32
 """Microbatches whose statistics :class:`WeightMetrics` keeps apart before it folds them into one vector."""
 
@@ -292,6 +294,11 @@ class WeightMetrics:
         self._r_values: set[float] = set()
         self._active_count = 0
 
+    def clear(self) -> None:
+        """Drop the statistics added since the last :meth:`report` (nothing to do, the usual case, costs nothing)."""
+        if self._count:
+            self._reset()
+
     def add(self, stats: WeightStats, r: float, active: bool) -> None:
         """Add one microbatch's statistics."""
         self._vectors.append(stats.vector)
@@ -317,7 +324,7 @@ class WeightMetrics:
             averaged = torch.arange(values.shape[0], device=values.device) < AVERAGED_STATS  # made there: no copy
             values = torch.where(averaged, values / count, values)
         r = next(iter(self._r_values)) if len(self._r_values) == 1 else self._r_sum / count
-        scalars = {f'{METRIC_PREFIX}/r': r, f'{METRIC_PREFIX}/active': self._active_count / count}
+        scalars = {_R_METRIC: r, _ACTIVE_METRIC: self._active_count / count}
         self._reset()
         return MetricValues(_METRIC_NAMES, values), scalars
 

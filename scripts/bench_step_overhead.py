@@ -177,24 +177,25 @@ BREAKDOWN = (  # (depth, label, module, attribute): the calls of the step inside
 """What ``--breakdown`` times inside ``AFTER_LOSS``."""
 
 
+def _timed(fn, into: list[float]):
+    """``fn`` that also appends the wall time of each call to ``into``."""
+    def timed_call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - start)
+    return timed_call
+
+
 @contextlib.contextmanager
 def _wrapped(times: dict[str, list[float]]):
     """Every call in :data:`BREAKDOWN` appends its wall time to ``times[label]`` while inside."""
-
-    def wrap(label: str, fn):
-        def timed_call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                times[label].append(time.perf_counter() - start)
-        return timed_call
-
     originals = []
     for _, label, module_name, attribute in BREAKDOWN:
         module = importlib.import_module(module_name)
         originals.append((module, attribute, getattr(module, attribute)))
-        setattr(module, attribute, wrap(label, getattr(module, attribute)))
+        setattr(module, attribute, _timed(getattr(module, attribute), times[label]))
     try:
         yield
     finally:
@@ -208,11 +209,10 @@ def breakdown(trainer: Trainer, steps: int) -> list[tuple[int, str, float]]:
     times: dict[str, list[float]] = collections.defaultdict(list)
     (algorithm,) = [a for a in trainer.state.algorithms if hasattr(a, 'per_batch')]
     apply = algorithm.apply
+    by_event = {event: _timed(apply, times[event.name]) for event in Event}
 
     def timed_apply(event: Event, state: State, logger: Logger) -> None:
-        start = time.perf_counter()
-        apply(event, state, logger)
-        times[event.name].append(time.perf_counter() - start)
+        by_event[event](event, state, logger)
 
     algorithm.apply = timed_apply
     try:
@@ -220,7 +220,7 @@ def breakdown(trainer: Trainer, steps: int) -> list[tuple[int, str, float]]:
             trainer.fit(duration=f'{steps}ba')
     finally:
         del algorithm.apply
-    median = {label: statistics.median(v) * 1e6 for label, v in times.items()}
+    median = {label: statistics.median(v) * 1e6 for label, v in times.items() if v}
     tree = [(0, event) for event in ('BATCH_START', 'AFTER_LOSS') if event in median]
     tree += list(dict.fromkeys((depth, label) for depth, label, _, _ in BREAKDOWN if label in median))
     tree += [(0, 'BATCH_END')] if 'BATCH_END' in median else []

@@ -34,7 +34,8 @@ class DeferredMetrics:
 
     def push(self, step: int, tensors: MetricValues, extra: dict[str, float], logger: Logger) -> None:
         """Queue this step's metrics (the core's report: one vector) and log the previous step's."""
-        self.flush(logger)
+        if self._pending is not None:
+            self.flush(logger)
         names, values = tensors.names, tensors.vector  # float32, without autograd: the step's statistics
         if values.is_cuda:
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)

@@ -107,12 +107,14 @@ class Fused:
                             MAX_GRAPHS)
                 self._full_noted = True
             return None
+        from torch._inductor import config
         from torch._inductor.compile_fx import compile_fx_inner
 
         try:
             # on a CPU, the graph's wrapper in C++ too (the module's docstring)
             on_cpu = all(t.device.type == 'cpu' for t in tensors)
-            compiled = compile_fx_inner(self.trace(*tensors, **settings), list(tensors), cpp_wrapper=on_cpu)
+            with config.patch(_cpu_options() if on_cpu else {}):
+                compiled = compile_fx_inner(self.trace(*tensors, **settings), list(tensors), cpp_wrapper=on_cpu)
             # its generated function itself: the object around it also does compile-time bookkeeping at every call
             graph = getattr(compiled, 'current_callable', None) or compiled
             graph = _entry_of(graph) if on_cpu else graph
@@ -123,6 +125,14 @@ class Fused:
             graph = None
         self.graphs[key] = graph
         return graph
+
+
+def _cpu_options() -> dict[str, Any]:
+    """Inductor settings for a graph on a CPU: a concatenation (``torch.stack`` of results) computed in the fused
+    kernel, where Inductor's CPU default writes each part into a view of its own, a tensor made and freed per call."""
+    from torch._inductor import config
+
+    return {'force_pointwise_cat': True} if hasattr(config, 'force_pointwise_cat') else {}
 
 
 def _entry_of(graph: Callable[[list[torch.Tensor]], Any]) -> Callable[[list[torch.Tensor]], Any]:

@@ -20,6 +20,7 @@ from reweigh.algorithms.constants import (
     DEFAULT_WARMUP_STEPS,
 )
 from reweigh.algorithms.deferred_metrics import DeferredMetrics
+from reweigh.algorithms.gather import world_size
 from reweigh.algorithms.losses import PerSampleLoss, per_sample_loss_from
 from reweigh.algorithms.reweighter import Progress, Reweighter
 from reweigh.algorithms.step import MicrobatchWeights, ReweightedMicrobatch
@@ -140,6 +141,7 @@ class LossReweighting(Algorithm):
         self._warned_generic = False
         self._token_spec: Any = None  # the Trainer's DataSpec while it accumulates on tokens
         self._tokens_per_sample: torch.Tensor | None = None  # T / N of the current batch, all ranks
+        self._world: int | None = None  # data-parallel ranks during fit (asking torch costs ~10 us a step)
 
     strategy = property(lambda self: self.reweighter.strategy, doc='The strategy (see :class:`Reweighter`).')
     r = property(lambda self: self.reweighter.r, doc='The softmax temperature before any schedule.')
@@ -171,6 +173,7 @@ class LossReweighting(Algorithm):
         elif event is Event.BATCH_END:
             self._log_batch(state, logger)
         elif event is Event.FIT_START:
+            self._world = world_size()  # Composer set up torch.distributed before the fit, for all of it
             trainer = _calling_trainer()
             on_tokens = trainer is not None and bool(getattr(trainer, 'accumulate_train_batch_on_tokens', False))
             self._token_spec = getattr(trainer, '_train_data_spec', None) if on_tokens else None
@@ -180,7 +183,7 @@ class LossReweighting(Algorithm):
                     'to keep its update exact; pass accumulate_train_batch_on_tokens=False.',
                 )
         else:
-            self._token_spec = self._tokens_per_sample = None
+            self._token_spec = self._tokens_per_sample = self._world = None
             self._metrics.flush(logger)
 
     def _batch_tokens_per_sample(self, state: State) -> torch.Tensor:
@@ -227,7 +230,7 @@ class LossReweighting(Algorithm):
             raise ValueError(
                 f'LossReweighting needs a model whose loss() returns a single tensor, got {type(state.loss).__name__}.',
             )
-        step = composer_step(self.reweighter, state, self.per_sample_loss(state))
+        step = composer_step(self.reweighter, state, self.per_sample_loss(state), world=self._world)
         if step.loss is not None:
             state.loss = self._undo_token_scaling(state, step.loss)
 
@@ -271,14 +274,16 @@ def composer_progress(state: State, reweighter: Reweighter) -> Progress:
                     None if elapsed is None else float(elapsed.value), state)
 
 
-def composer_step(reweighter: Reweighter, state: State, per_sample: PerSampleLoss) -> ReweightedMicrobatch:
+def composer_step(reweighter: Reweighter, state: State, per_sample: PerSampleLoss, *,
+                  world: int | None = None) -> ReweightedMicrobatch:
     """:meth:`Reweighter.step` on a Composer microbatch: its progress, the device microbatch size as the gather's
-    capacity (``None`` while Composer searches for it), and the batch's ``sample_id`` and ``domain`` for the record."""
+    capacity (``None`` while Composer searches for it), and the batch's ``sample_id`` and ``domain`` for the record;
+    ``world``, the data-parallel ranks, where the caller knows them."""
     capacity = state.device_train_microbatch_size
     capacity = max(capacity, per_sample.loss.shape[0]) if isinstance(capacity, int) else None
     batch = state.batch if isinstance(state.batch, Mapping) else {}
     return reweighter.step(per_sample.loss, per_sample.tokens, composer_progress(state, reweighter), capacity=capacity,
-                           sample_id=batch.get('sample_id'), domain=batch.get('domain'))
+                           sample_id=batch.get('sample_id'), domain=batch.get('domain'), world=world)
 
 
 def _calling_trainer() -> Any:

@@ -211,7 +211,8 @@ class Reweighter:
         return scheduled_r(self.r, self.r_schedule(clock), f'step {progress.step}')
 
     def step(self, losses: torch.Tensor, tokens: torch.Tensor, progress: Progress, *, capacity: int | None = None,
-             sample_id: torch.Tensor | None = None, domain: torch.Tensor | None = None) -> ReweightedMicrobatch:
+             sample_id: torch.Tensor | None = None, domain: torch.Tensor | None = None,
+             world: int | None = None) -> ReweightedMicrobatch:
         """Weigh one microbatch over all ranks (:func:`~reweigh.algorithms.step.reweight_microbatch`) and add its
         statistics to :attr:`metrics`. With no host sync.
 
@@ -222,6 +223,8 @@ class Reweighter:
             capacity (int, optional): Slots per rank in the gather (the device microbatch size). Default: ``n``.
             sample_id (torch.Tensor, optional): ``(n,)`` the samples' ids, for the history record.
             domain (torch.Tensor, optional): ``(n,)`` their domains, for the history record.
+            world (int, optional): Data-parallel ranks, when the trainer knows them. Default: asked of
+                ``torch.distributed``.
 
         Returns:
             ReweightedMicrobatch: the loss to backpropagate (``None``: keep the trainer's own), the history
@@ -236,6 +239,7 @@ class Reweighter:
         out = reweight_microbatch(
             losses, tokens, strategy=self.strategy, r=r, delta=self.delta, active=active,
             token_normalize=self.token_normalize, capacity=capacity, sample_id=sample_id, domain=domain, fused=fused,
+            world=world,
         )
         self.metrics.add(out.stats, r, active)
         self.last = ReweightedMicrobatch(None, out.record, out.stats)

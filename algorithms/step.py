@@ -175,6 +175,7 @@ def reweight_microbatch(
     sample_id: torch.Tensor | None = None,
     domain: torch.Tensor | None = None,
     fused: bool = False,
+    world: int | None = None,
 ) -> ReweightedMicrobatch:
     """Weigh one microbatch over all ranks: one all-gather, then the weights and the loss, with no host sync.
 
@@ -199,6 +200,8 @@ def reweight_microbatch(
         domain (torch.Tensor, optional): ``(n,)`` their domains, kept in the record.
         fused (bool): Run :func:`weigh_global_batch` compiled, as one region (:mod:`reweigh.algorithms.fused`).
             Default: ``False`` (eager).
+        world (int, optional): Data-parallel ranks, when the trainer knows them (it cannot change within a run).
+            Default: asked of ``torch.distributed`` (:func:`~reweigh.algorithms.gather.world_size`).
 
     Returns:
         ReweightedMicrobatch: the loss (or ``None``), this rank's record and the weight statistics.
@@ -215,7 +218,7 @@ def reweight_microbatch(
         ([0.155, 0.422, 0.422], 2.267)
     """
     fn = validate_weight_args(strategy if active else 'uniform', r, delta)
-    world = world_size()
+    world = world_size() if world is None else world
     detached = losses.detach()
     batch = gather_global_batch(detached, tokens, capacity, world=world)
     weigh, temperature = (_FUSED_WEIGH, _temperature(r, losses.device)) if fused else (weigh_global_batch, r)

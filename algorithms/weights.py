@@ -68,8 +68,9 @@ def normalize_losses(losses: torch.Tensor, delta: float = DEFAULT_DELTA, finite:
     """
     if finite is None:
         finite = torch.isfinite(losses)
-    l_min = torch.where(finite, losses, math.inf).amin()
-    l_max = torch.where(finite, losses, -math.inf).amax()
+    # both extremes from one reduction (one scratch value instead of two in a compiled step: BENCHMARKS.md)
+    extremes = torch.stack([torch.where(finite, losses, math.inf), torch.where(finite, -losses, math.inf)]).amin(1)
+    l_min, l_max = extremes[0], -extremes[1]
     safe = torch.where(finite, losses, l_min)
     spread = torch.clamp(l_max - l_min, min=_MIN_SPREAD)
     return delta * (2 * safe - (l_max + l_min)) / spread
@@ -223,11 +224,12 @@ def weight_stats(weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tenso
     if valid is None:
         valid = torch.ones_like(w, dtype=torch.bool)
     finite = torch.isfinite(losses) & valid
-    count = valid.sum().float()
-    entropy = -torch.where(w > 0, w * torch.log(w), 0.0).sum()
-    ess = 1.0 / (w * w).sum() / count
-    w_min = torch.where(finite, w, math.inf).amin()
-    w_max = torch.where(valid, w, -math.inf).amax()
-    nonfinite = (valid & ~finite).sum().float()
-    mean_loss = torch.where(finite, losses.float(), 0.0).sum() / finite.sum().clamp(min=1)
-    return WeightStats(torch.stack([entropy, ess, mean_loss, nonfinite, w_min, w_max]))
+    # the sums as one reduction over stacked rows, the extremes as another: a compiled step makes one scratch tensor
+    # per reduction at every call (BENCHMARKS.md, "The fused step")
+    count, w_log_w, w_squared, nonfinite, loss_sum, finite_count = torch.stack([
+        valid.float(), torch.where(w > 0, w * torch.log(w), 0.0), w * w, (valid & ~finite).float(),
+        torch.where(finite, losses.float(), 0.0), finite.float(),
+    ]).sum(1)
+    w_min, negated_max = torch.stack([torch.where(finite, w, math.inf), torch.where(valid, -w, math.inf)]).amin(1)
+    return WeightStats(torch.stack([-w_log_w, 1.0 / w_squared / count, loss_sum / finite_count.clamp(min=1), nonfinite,
+                                    w_min, -negated_max]))
